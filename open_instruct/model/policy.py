@@ -1,0 +1,161 @@
+"""The one model wrapper every stage uses: the trained policy, the frozen reference, and (with a
+scalar head) the PPO value model.
+
+Loading is safe by default: weights come from safetensors, `trust_remote_code` is off, and a
+directory holding only pickle weights (`pytorch_model.bin`) is refused unless the user opts in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str = "all-linear"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`auto` is bf16 where the hardware does it fast (CUDA), else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_safe_weights(name_or_path: str, allow_pickle: bool) -> None:
+    """Refuses a local directory whose only weights are pickles (they can run arbitrary code)."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return  # a hub id: from_pretrained(use_safetensors=True) refuses pickles itself
+    has_safe = any(path.glob("*.safetensors"))
+    pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+    if not has_safe and pickles and not allow_pickle:
+        raise ConfigError(
+            f"{path}: only pickle weights ({pickles[0]}); refusing to unpickle an untrusted checkpoint. "
+            "Convert it to safetensors, or set allow_pickle: true if you trust its source")
+
+
+def load_tokenizer(name_or_path: str, *, chat_template: str | None = None, add_bos: bool = False,
+                   trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if chat_template:
+        from ..data.templates import install_template
+
+        install_template(tok, chat_template, add_bos=add_bos)
+    if tok.pad_token_id is None:
+        # A pad distinct from EOS keeps EOS labels trainable in every collator.
+        tok.add_special_tokens({"pad_token": "<|pad|>"})
+    return tok
+
+
+class Policy:
+    """A causal LM plus its tokenizer; `logprobs` is the one forward every loss builds on."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name_or_path: str = ""):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name_or_path = name_or_path
+
+    @classmethod
+    def load(cls, name_or_path: str, *, tokenizer=None, dtype: str = "float32",
+             attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
+             lora: LoraSettings | None = None, trust_remote_code: bool = False,
+             allow_pickle: bool = False, trainable: bool = True) -> Policy:
+        from transformers import AutoModelForCausalLM
+
+        check_safe_weights(name_or_path, allow_pickle)
+        if tokenizer is None:
+            tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        if gradient_checkpointing and trainable:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if lora is not None and trainable:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(
+                r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        if not trainable:
+            model.eval()
+            model.requires_grad_(False)
+        return cls(model, tokenizer, name_or_path)
+
+    def frozen_copy(self) -> Policy:
+        """A reference model: same weights, no gradients, eval mode."""
+        import copy
+
+        model = copy.deepcopy(self.model)
+        model.eval()
+        model.requires_grad_(False)
+        return Policy(model, self.tokenizer, self.name_or_path)
+
+    # ---- forward -------------------------------------------------------------------------
+    def logprobs(self, batch: dict, model: torch.nn.Module | None = None,
+                 return_entropy: bool = False):
+        """Per-token log-prob of `labels[t]` given tokens `< t`, `[B, T]` fp32, 0 where unlabelled.
+
+        `model` lets a caller pass the engine-wrapped (DDP/DeepSpeed) module.
+        """
+        return token_logprobs(model or self.model, batch, return_entropy=return_entropy)
+
+    # ---- save ------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path, state_dict: dict | None = None) -> None:
+        """A normal HF checkpoint (safetensors) with tokenizer and chat template."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: ship merged weights, loadable anywhere
+            model = model.merge_and_unload()
+            state_dict = None
+        model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
+
+
+def token_logprobs(model: torch.nn.Module, batch: dict, return_entropy: bool = False):
+    kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    if "attention_mask" in batch:
+        kwargs["attention_mask"] = batch["attention_mask"]
+    logits = model(**kwargs, use_cache=False).logits
+    return logprobs_from_logits(logits, batch["labels"], return_entropy=return_entropy)
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, return_entropy: bool = False):
+    """Shifted log-probs of `labels` under `logits`, without materialising a full log-softmax copy
+    in fp32 when logits are bf16 (log-softmax in fp32 per chunk of rows)."""
+    shifted = logits[:, :-1]
+    targets = labels[:, 1:]
+    mask = targets != -100
+    safe = targets.clamp(min=0)
+    picked = torch.gather(shifted, -1, safe.unsqueeze(-1)).squeeze(-1).float()
+    lse = torch.logsumexp(shifted.float(), dim=-1)
+    out = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    out[:, 1:] = (picked - lse) * mask
+    if not return_entropy:
+        return out
+    probs = F.softmax(shifted.float(), dim=-1)
+    ent = torch.zeros_like(out)
+    ent[:, 1:] = (lse - (probs * shifted.float()).sum(-1)) * mask
+    return out, ent
