@@ -1,0 +1,319 @@
+"""Data mixes: a YAML list of sources (hub ids or local files) with amounts, loaded through
+`datasets`, validated row by row, normalised to the canonical columns (rows.py) and hashed.
+
+    seed: 42                      # seeds the sub-sampling of fractional amounts
+    kind: sft                     # optional; the caller's kind wins, else inferred from columns
+    sources:
+      - hf: allenai/tulu-3-sft-mixture   # + optional `subset`, `split` (default train)
+        amount: 0.5               # float: fraction (2.5 = two full copies + a seeded half)
+      - path: samples/sft.jsonl   # .jsonl / .json / .parquet, relative to this YAML
+        amount: 1000              # int: absolute row count (above the size: whole copies + rest)
+        columns: {conversation: messages}   # renames, applied before validation
+
+A single data file can stand in for a mix (one source, amount 1.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import from_dict, load_yaml
+from ..errors import ConfigError, DataError
+from .rows import REQUIRED_COLUMNS, check_kind, check_row, infer_kind, rename_columns
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass
+class SourceSpec:
+    hf: str | None = None
+    subset: str | None = None
+    path: str | None = None
+    split: str = "train"  # hub sources only; a local file is one split
+    amount: Any = 1.0  # float fraction or int count (checked by `check_amount`, not by type coercion)
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MixSpec:
+    sources: list[SourceSpec]
+    seed: int = 42
+    kind: str | None = None
+
+
+@dataclass
+class SourceReport:
+    name: str  # hub id (+subset) or resolved file path
+    rows: int  # rows read
+    dropped: int  # rows dropped as soft problems (preference)
+    selected: int  # rows in the mix after `amount`
+    first_problem: str | None = None
+
+
+@dataclass
+class LoadedMix:
+    dataset: Any  # datasets.Dataset with the kind's canonical columns
+    kind: str
+    content_hash: str  # sha256 over the rows' content, in order
+    sources: list[SourceReport]
+    path: str
+
+    @property
+    def num_dropped(self) -> int:
+        return sum(s.dropped for s in self.sources)
+
+
+# ----------------------------------------------------------------------------- amounts
+
+
+def check_amount(amount: Any, where: str) -> float | int:
+    bad = f"{where}.amount: {amount!r} is not a fraction (float > 0, e.g. 0.5 or 2.5) or a row count (int > 0)"
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise DataError(bad)
+    if isinstance(amount, float) and (not math.isfinite(amount) or amount <= 0):
+        raise DataError(bad)
+    if isinstance(amount, int) and amount <= 0:
+        raise DataError(bad)
+    return amount
+
+
+def amount_indices(n: int, amount: float | int, seed: int) -> list[int]:
+    """Row indices for `amount` of an `n`-row source: whole copies in order, then a seeded
+    sample without replacement (kept in source order) for the fractional rest.
+
+    float: total = round(amount * n) (2.5 -> 2 copies + half); int: total = amount."""
+    import numpy as np
+
+    total = int(math.floor(amount * n + 0.5)) if isinstance(amount, float) else int(amount)
+    copies, rest = divmod(total, n)
+    idx = list(range(n)) * copies
+    if rest:
+        rng = np.random.default_rng(seed)
+        idx += sorted(int(i) for i in rng.permutation(n)[:rest])
+    return idx
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+def _spec_from_yaml(path: Path) -> MixSpec:
+    data = load_yaml(path)
+    try:
+        spec = from_dict(MixSpec, data, str(path))
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    if not spec.sources:
+        raise DataError(f"{path}: sources is empty")
+    for i, src in enumerate(spec.sources):
+        where = f"{path} sources[{i}]"
+        if (src.hf is None) == (src.path is None):
+            raise DataError(f"{where}: give exactly one of 'hf' (a dataset id) or 'path' (a local file)")
+        check_amount(src.amount, where)
+        if src.path is not None:
+            p = Path(src.path)
+            src.path = str(p if p.is_absolute() else path.parent / p)
+    if spec.kind is not None:
+        check_kind(spec.kind)
+    return spec
+
+
+def read_spec(path: str | Path) -> MixSpec:
+    """A mix YAML, or a single data file as a one-source mix."""
+    path = Path(path)
+    if path.suffix in FILE_SUFFIXES:
+        return MixSpec(sources=[SourceSpec(path=str(path))], seed=0)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise DataError(f"{path}: data mix file not found")
+        return _spec_from_yaml(path)
+    raise DataError(f"{path}: expected a mix .yaml or a data file ({', '.join(FILE_SUFFIXES)})")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _raw_jsonl_rows(path: Path, columns: dict[str, str]):
+    """Yields (line number, row) for each non-blank line; a malformed line is a DataError."""
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {lineno}: a row must be a JSON object, got {type(row).__name__}")
+            yield lineno, rename_columns(row, columns)
+
+
+def _check_json_file(path: Path) -> None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _load_raw(src: SourceSpec, where: str):
+    """The source as a `datasets.Dataset` (hub ids and local files go through `load_dataset`)."""
+    import datasets
+
+    if src.path is not None:
+        path = Path(src.path)
+        if not path.is_file():
+            raise DataError(f"{path}: data file not found ({where}.path)")
+        builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+        if builder is None:
+            raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
+        try:
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as e:  # noqa: BLE001 - any reader failure is a data problem, one line
+            raise DataError(f"{path}: datasets could not read it ({type(e).__name__}: {_one_line(e)})") from None
+    try:
+        return datasets.load_dataset(src.hf, src.subset, split=src.split)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{where}.hf: could not load {src.hf!r} split {src.split!r} "
+                        f"({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _features(kind: str):
+    from datasets import Features, List, Value
+
+    messages = List({"role": Value("string"), "content": Value("string")})
+    return Features({
+        "sft": {"messages": messages},
+        "preference": {"chosen": messages, "rejected": messages},
+        "rlvr": {"messages": messages, "ground_truth": Value("string"), "dataset": Value("string")},
+    }[kind])
+
+
+def _validate(src: SourceSpec, ds, kind: str, where: str) -> tuple[list[int], list[str]]:
+    """Checks every row (raising on hard problems) before anything is transformed.
+    Returns (indices of rows to keep, soft problems with their location)."""
+    keep, problems = [], []
+    if src.path is not None and Path(src.path).suffix == ".jsonl":
+        # Our own pass over the raw lines, so errors can name the line number.
+        rows = ((f"{src.path} line {n}", row) for n, row in _raw_jsonl_rows(Path(src.path), src.columns))
+    else:
+        if src.path is not None and Path(src.path).suffix == ".json":
+            _check_json_file(Path(src.path))
+        name = src.path or f"{src.hf} ({src.split})"
+        rows = ((f"{name} row {i}", row) for i, row in enumerate(ds))
+    count = 0
+    for i, (loc, row) in enumerate(rows):
+        _, soft = check_row(row, kind, loc)
+        if soft is None:
+            keep.append(i)
+        else:
+            problems.append(f"{loc}: {soft}")
+        count += 1
+    if count != len(ds):  # the reader and our line scan disagree: refuse rather than misalign rows
+        raise DataError(f"{src.path}: read {len(ds)} rows with datasets but {count} non-blank lines")
+    return keep, problems
+
+
+def _normaliser(kind: str, columns: dict[str, str]):
+    def fn(row):
+        out, _ = check_row(rename_columns(dict(row), columns), kind, "")
+        return out
+
+    return fn
+
+
+def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str):
+    """Phase 1: read and validate one source. Returns (dataset, kind, keep indices, report)."""
+    where = f"{mix_path} sources[{i}]"
+    ds = _load_raw(src, where)
+    name = src.path or (src.hf + (f":{src.subset}" if src.subset else ""))
+    for old in src.columns:
+        if old not in ds.column_names:
+            raise DataError(f"{where}.columns: column '{old}' not in {name} (has: {', '.join(ds.column_names)})")
+    renamed = [src.columns.get(c, c) for c in ds.column_names]
+    if kind is None:
+        kind = infer_kind(renamed)
+        if kind is None:
+            raise DataError(f"{name}: cannot tell the data kind from columns {', '.join(renamed)}; "
+                            f"pass --kind or set `kind:` in the mix")
+    if kind != "preference":  # preference rows may use `prompt` + bare responses; checked per row
+        for col in REQUIRED_COLUMNS[kind]:
+            if col not in renamed:
+                raise DataError(f"{name}: missing column '{col}' for {kind} data (has: {', '.join(renamed)})")
+    keep, problems = _validate(src, ds, kind, where)
+    if problems:
+        log.warning("%s: dropped %d of %d preference rows with problems; first: %s",
+                    name, len(problems), len(ds), problems[0])
+    if not keep:
+        raise DataError(f"{name}: all {len(ds)} rows are unusable; first: {problems[0] if problems else 'no rows'}")
+    report = SourceReport(name=name, rows=len(ds), dropped=len(problems), selected=0,
+                          first_problem=problems[0] if problems else None)
+    return ds, kind, keep, report
+
+
+def _finish_source(src: SourceSpec, i: int, ds, kind: str, keep: list[int], seed: int, mix_path: str):
+    """Phase 2: drop soft-bad rows, normalise to canonical columns, apply `amount`."""
+    if len(keep) < len(ds):
+        ds = ds.select(keep)
+    ds = ds.map(_normaliser(kind, src.columns), remove_columns=ds.column_names, features=_features(kind),
+                desc="normalise rows")
+    idx = amount_indices(len(ds), src.amount, seed=seed * 1000 + i)
+    if not idx:
+        raise DataError(f"{mix_path} sources[{i}].amount: {src.amount!r} selects 0 of {len(ds)} rows")
+    if idx != list(range(len(ds))):
+        ds = ds.select(idx)
+    return ds
+
+
+def content_hash(ds) -> str:
+    """sha256 over the rows' content (canonical JSON per row, in order). Independent of where the
+    data was cached or how `datasets` fingerprinted it."""
+    h = hashlib.sha256()
+    cols = sorted(ds.column_names)
+    for batch in ds.iter(batch_size=1000):
+        for j in range(len(batch[cols[0]])):
+            row = {c: batch[c][j] for c in cols}
+            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+            h.update(b"\n")
+    return h.hexdigest()
+
+
+def load_mix(path: str | Path, kind: str | None = None) -> LoadedMix:
+    """Loads, validates, normalises and samples a data mix (YAML) or a single data file.
+
+    Every source is validated before any is transformed; the result's `dataset` has the kind's
+    canonical columns (see rows.py) and `content_hash` identifies its content."""
+    from datasets import concatenate_datasets
+
+    spec = read_spec(path)
+    kind = check_kind(kind) if kind is not None else spec.kind
+    checked = []
+    for i, src in enumerate(spec.sources):  # validate everything before transforming anything
+        ds, kind, keep, report = _check_source(src, i, kind, str(path))
+        checked.append((ds, keep, report))
+    parts, reports = [], []
+    for i, (src, (ds, keep, report)) in enumerate(zip(spec.sources, checked)):
+        ds = _finish_source(src, i, ds, kind, keep, spec.seed, str(path))
+        report.selected = len(ds)
+        parts.append(ds)
+        reports.append(report)
+    ds = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    if ds._indices is not None:  # materialise sub-sampling once so later maps read contiguously
+        ds = ds.flatten_indices()
+    return LoadedMix(dataset=ds, kind=kind, content_hash=content_hash(ds), sources=reports, path=str(path))
+
+
+def describe_spec(spec: MixSpec) -> dict:
+    return dataclasses.asdict(spec)
