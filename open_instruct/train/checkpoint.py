@@ -145,3 +145,78 @@ def prune(ckpt_root: Path, keep_last: int) -> None:
     steps = list_steps(ckpt_root)
     for _, path in steps[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+MODEL_MANIFEST = "model_manifest.json"
+
+
+def publish_model(tmp: Path, out_dir: Path) -> str:
+    """Moves a finished HF checkpoint from `tmp` into `out_dir` (which also holds metrics, plots and
+    checkpoints/), then writes `model_manifest.json` last: its presence means the model files are
+    complete. Returns the model digest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / MODEL_MANIFEST
+    if stale.exists():
+        stale.unlink()
+    files = {}
+    for p in sorted(tmp.iterdir()):
+        if p.is_file():
+            _fsync_file(p)
+            files[p.name] = {"size": p.stat().st_size, "checksum": file_checksum(p)[0]}
+            os.replace(p, out_dir / p.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    digest = _digest_of(files)
+    manifest = {"algorithm": _hasher()[1], "files": files, "digest": digest}
+    part = out_dir / (MODEL_MANIFEST + ".tmp")
+    part.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    _fsync_file(part)
+    os.replace(part, out_dir / MODEL_MANIFEST)
+    _fsync_dir(out_dir)
+    return digest
+
+
+def _digest_of(files: dict) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(files):
+        if name.endswith((".safetensors", ".json", ".model", ".txt")) and name != MODEL_MANIFEST:
+            h.update(f"{name}:{files[name]['checksum']}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def verify_model(out_dir: Path) -> str | None:
+    """The model digest when `out_dir` holds a complete, intact published model, else None."""
+    mpath = out_dir / MODEL_MANIFEST
+    if not mpath.is_file():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    for name, info in manifest["files"].items():
+        p = out_dir / name
+        if not p.is_file() or p.stat().st_size != info["size"] or file_checksum(p)[0] != info["checksum"]:
+            log.warning("%s: %s does not match its manifest", out_dir, name)
+            return None
+    return manifest["digest"]
+
+
+def model_digest(name_or_path: str) -> str:
+    """A content digest of a model's weights/config: from its manifest when we published it, from
+    its files for any other local directory, and `hub:<id>@<revision-in-cache>` for a hub id."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        published = verify_model(path)
+        if published:
+            return published
+        files = {p.name: {"checksum": file_checksum(p)[0]} for p in sorted(path.iterdir())
+                 if p.is_file() and p.name.endswith((".safetensors", ".bin", "config.json"))}
+        return _digest_of(files) if files else "empty"
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(name_or_path, local_files_only=True)
+        return model_digest(local)
+    except Exception:  # not downloaded yet (dry runs): the id is the best we have
+        return f"hub:{name_or_path}"
