@@ -79,8 +79,8 @@ def sequence_logps(
         mask: ``[B, T]`` bool/int, 1 where the token counts. Exactly one of ``labels``/``mask``.
 
     Returns:
-        ``(sum_logps [N], num_tokens [N])``; ``sum_logps`` keeps ``token_logps``' dtype and its
-        gradient, ``num_tokens`` is long.
+        ``(sum_logps [N], num_tokens [N])``; ``sum_logps`` is float32 (or float64 for float64 input)
+        and keeps the gradient, ``num_tokens`` is long.
     """
     # The mask is mandatory: the -100 positions already hold 0 log-prob, so the sum would be right
     # without it, but the token count (the length normaliser of dpo_norm/simpo/ipo) would include the
@@ -96,8 +96,10 @@ def sequence_logps(
     # Padding (-1) is sent to bucket 0 with value 0, so it adds nothing; masked_fill (not multiply)
     # keeps a stray -inf at an untrained position from turning into NaN.
     index = torch.where(counted, seq_index, torch.zeros_like(seq_index)).reshape(-1)
-    values = token_logps.masked_fill(~counted, 0.0).reshape(-1)
-    sum_logps = torch.zeros(num_sequences, dtype=token_logps.dtype, device=token_logps.device)
+    # Accumulate in at least float32: a bf16 sum over a 2k-token response loses whole nats.
+    dtype = torch.promote_types(token_logps.dtype, torch.float32)
+    values = token_logps.to(dtype).masked_fill(~counted, 0.0).reshape(-1)
+    sum_logps = torch.zeros(num_sequences, dtype=dtype, device=token_logps.device)
     sum_logps = sum_logps.scatter_add(0, index, values)
     num_tokens = torch.zeros(num_sequences, dtype=torch.long, device=token_logps.device)
     num_tokens = num_tokens.scatter_add(0, index, counted.reshape(-1).long())

@@ -290,3 +290,10 @@ def test_matches_trl_dpo_loss(ours, theirs, beta):
     )
     trl_loss = _trl_loss(theirs, beta, token_logps, mask, ref_sums[:n_pairs], ref_sums[n_pairs:])
     close(out.loss, trl_loss, tol=1e-6)
+
+
+def test_sequence_logps_accumulates_low_precision_in_float32():
+    lp = torch.full((1, 2048), -0.01, dtype=torch.bfloat16)
+    s, n = sequence_logps(lp, torch.zeros(1, 2048, dtype=torch.long), 1, mask=torch.ones(1, 2048))
+    assert s.dtype == torch.float32 and n.tolist() == [2048]
+    close(s, [2048 * float(torch.tensor(-0.01, dtype=torch.bfloat16))], tol=1e-3)
