@@ -49,10 +49,10 @@ def run_sft(cfg: SFTConfig) -> Path:
     engine.prepare(policy.model, plan.num_steps)
 
     def micro_batch(indices):
-        return stage.collate(cfg, tokenizer, [data.dataset[int(i)] for i in indices])
+        return stage.collate(cfg, tokenizer, stage.rows(data.dataset, indices))
 
     stage.train_loop(cfg, engine, plan, micro_batch, sft_loss, desc="sft",
-                     extra_state={"data_hash": data.content_hash})
+                     extra_state={"data_hash": data.data_hash})
     stage.finish(cfg, engine, policy, panels=[("loss", ["loss"]), ("learning rate", ["lr"]),
                                              ("grad norm", ["grad_norm"])], name="sft")
     return out

@@ -30,10 +30,19 @@ def load_stage_tokenizer(cfg: TrainConfig):
 
 def load_tokenized(cfg: TrainConfig, tokenizer, kind: str, **settings):
     """The stage's data mix, validated and tokenised (cached on disk by content + settings)."""
-    from ..data.tokenize import tokenize_mix
+    from ..data.mixes import load_mix
+    from ..data.tokenize import tokenize_data
 
-    return tokenize_mix(cfg.dataset_mix, tokenizer, kind=kind, max_seq_length=cfg.max_seq_length,
-                        num_proc=cfg.preprocessing_num_workers, **settings)
+    mix = load_mix(cfg.dataset_mix, kind=kind)
+    workers = cfg.preprocessing_num_workers if cfg.preprocessing_num_workers > 1 else None
+    return tokenize_data(mix, tokenizer, kind, max_seq_length=cfg.max_seq_length, num_proc=workers, **settings)
+
+
+def rows(dataset, indices) -> list[dict]:
+    """Examples at `indices` as dicts (one Arrow read, not one per row)."""
+    cols = dataset[[int(i) for i in indices]]
+    keys = list(cols)
+    return [dict(zip(keys, vals)) for vals in zip(*(cols[k] for k in keys))]
 
 
 def make_plan(cfg: TrainConfig, engine: Engine, num_examples: int) -> BatchPlan:

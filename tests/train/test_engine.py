@@ -10,15 +10,6 @@ from open_instruct.train.engine import BatchPlan, Engine, TrainConfig, lr_lambda
 from open_instruct.train.sft import sft_loss
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-
-
 def _batch(seqs, trained):
     """Padded batch by hand: `seqs` token lists, `trained[i]` = how many trailing tokens are labelled."""
     T = max(len(s) for s in seqs)
