@@ -40,7 +40,9 @@ def wrong_solution(a: int, b: int, rng: random.Random) -> str:
     units = a % 10 + b % 10
     if units >= 10 and rng.random() < 0.6:
         tens = a // 10 + b // 10
-        return f"{a % 10}+{b % 10}={units}, {a // 10}+{b // 10}={tens}. The answer is {tens * 10 + units % 10}."
+        return (
+            f"{a % 10}+{b % 10}={units}, {a // 10}+{b // 10}={tens}. The answer is {tens * 10 + units % 10}."
+        )
     good = solution(a, b)
     answer = a + b + rng.choice([-1, 1])
     return good.rsplit("The answer is", 1)[0] + f"The answer is {answer}."
@@ -60,8 +62,10 @@ def sft_row(a, b):
 
 def preference_row(a, b, rng):
     prompt = [user(question(a, b))]
-    return {"chosen": prompt + [assistant(solution(a, b))],
-            "rejected": prompt + [assistant(wrong_solution(a, b, rng))]}
+    return {
+        "chosen": prompt + [assistant(solution(a, b))],
+        "rejected": prompt + [assistant(wrong_solution(a, b, rng))],
+    }
 
 
 def rlvr_row(a, b):
@@ -70,31 +74,61 @@ def rlvr_row(a, b):
 
 def _if_label(func_name: str, **kwargs) -> str:
     # Tülu 3 IF labels are JSON text listing every argument, null where it does not apply.
-    args = {"N": None, "quantifier": None, "keyword_list": None, "word": None, "letter": None,
-            "end_phrase": None, "forbidden_words": None, "postscript_marker": None}
+    args = {
+        "N": None,
+        "quantifier": None,
+        "keyword_list": None,
+        "word": None,
+        "letter": None,
+        "end_phrase": None,
+        "forbidden_words": None,
+        "postscript_marker": None,
+    }
     args.update(kwargs)
     return json.dumps({"func_name": func_name, **args})
 
 
 MIXED_RLVR = [
-    ("gsm8k", "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-              "How many clips did Natalia sell altogether in April and May?", "72"),
-    ("gsm8k", "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
-              "How much did she earn?", "10"),
+    (
+        "gsm8k",
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+        "How many clips did Natalia sell altogether in April and May?",
+        "72",
+    ),
+    (
+        "gsm8k",
+        "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+        "How much did she earn?",
+        "10",
+    ),
     ("gsm8k", "A farm has 1,250 chickens and sells 250 of them. How many chickens are left?", "1000"),
     ("gsm8k", "Tom reads 12 pages a day for 7 days. How many pages does he read?", "84"),
     ("MATH", "What is $\\frac{1}{2} + \\frac{1}{3}$? Put the final answer in \\boxed{}.", "\\frac{5}{6}"),
     ("MATH", "Solve for $x$: $2x + 3 = 11$.", "4"),
     ("MATH", "What is the value of $\\sqrt{49} + 2^3$?", "15"),
     ("MATH", "Simplify $(x+1)^2 - x^2$.", "2x+1"),
-    ("ifeval", "Write a short note to a friend about the weather. Your entire response should be in English, "
-               "and in all lowercase letters. No capital letters are allowed.", _if_label("validate_lowercase")),
-    ("ifeval", "Describe a river in at least 30 words.", _if_label("validate_word_constraint", N=30,
-                                                                    quantifier="at least")),
-    ("ifeval", "Write a limerick about a cat. Finish your response with this exact phrase: Is there anything "
-               "else I can help with?", _if_label("validate_end", end_phrase="Is there anything else I can help with?")),
-    ("ifeval", "List three fruits. Include the keywords apple and orange in the response.",
-     _if_label("verify_keywords", keyword_list=["apple", "orange"])),
+    (
+        "ifeval",
+        "Write a short note to a friend about the weather. Your entire response should be in English, "
+        "and in all lowercase letters. No capital letters are allowed.",
+        _if_label("validate_lowercase"),
+    ),
+    (
+        "ifeval",
+        "Describe a river in at least 30 words.",
+        _if_label("validate_word_constraint", N=30, quantifier="at least"),
+    ),
+    (
+        "ifeval",
+        "Write a limerick about a cat. Finish your response with this exact phrase: Is there anything "
+        "else I can help with?",
+        _if_label("validate_end", end_phrase="Is there anything else I can help with?"),
+    ),
+    (
+        "ifeval",
+        "List three fruits. Include the keywords apple and orange in the response.",
+        _if_label("verify_keywords", keyword_list=["apple", "orange"]),
+    ),
 ]
 
 TRL_PREFERENCE = [
@@ -103,7 +137,11 @@ TRL_PREFERENCE = [
     ("How many legs does a spider have?", "A spider has eight legs.", "A spider has six legs."),
     ("What is 12 + 30?", "2+0=2, 1+3=4. The answer is 42.", "2+0=2, 1+3=4. The answer is 43."),
     ("Spell 'cat' backwards.", "tac", "cta"),
-    ("Is water wet?", "Water makes things wet; whether water itself is wet depends on the definition.", "No."),
+    (
+        "Is water wet?",
+        "Water makes things wet; whether water itself is wet depends on the definition.",
+        "No.",
+    ),
     ("Give a synonym of 'happy'.", "Joyful.", "Sad."),
     ("What comes after Monday?", "Tuesday comes after Monday.", "Sunday comes after Monday."),
 ]
@@ -129,18 +167,22 @@ def make(out: Path) -> dict[str, int]:
     sizes = {
         "sft_train.jsonl": write_jsonl(out / "sft_train.jsonl", [sft_row(a, b) for a, b in sft]),
         "sft_eval.jsonl": write_jsonl(out / "sft_eval.jsonl", [sft_row(a, b) for a, b in held_out]),
-        "preference_train.jsonl": write_jsonl(out / "preference_train.jsonl",
-                                              [preference_row(a, b, rng) for a, b in pref]),
-        "preference_eval.jsonl": write_jsonl(out / "preference_eval.jsonl",
-                                             [preference_row(a, b, rng) for a, b in held_out]),
+        "preference_train.jsonl": write_jsonl(
+            out / "preference_train.jsonl", [preference_row(a, b, rng) for a, b in pref]
+        ),
+        "preference_eval.jsonl": write_jsonl(
+            out / "preference_eval.jsonl", [preference_row(a, b, rng) for a, b in held_out]
+        ),
         "rlvr_train.jsonl": write_jsonl(out / "rlvr_train.jsonl", [rlvr_row(a, b) for a, b in rlvr]),
         "rlvr_eval.jsonl": write_jsonl(out / "rlvr_eval.jsonl", [rlvr_row(a, b) for a, b in held_out]),
         "rlvr_mixed_sample.jsonl": write_jsonl(
             out / "rlvr_mixed_sample.jsonl",
-            [{"messages": [user(q)], "ground_truth": gt, "dataset": ds} for ds, q, gt in MIXED_RLVR]),
+            [{"messages": [user(q)], "ground_truth": gt, "dataset": ds} for ds, q, gt in MIXED_RLVR],
+        ),
         "preference_trl_sample.jsonl": write_jsonl(
             out / "preference_trl_sample.jsonl",
-            [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in TRL_PREFERENCE]),
+            [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in TRL_PREFERENCE],
+        ),
     }
     return sizes
 

@@ -21,8 +21,13 @@ def length_stats(lengths: list[int]) -> dict:
     if not lengths:
         return {"min": 0, "mean": 0.0, "p50": 0, "p95": 0, "max": 0}
     a = np.asarray(lengths)
-    return {"min": int(a.min()), "mean": float(a.mean()), "p50": int(np.percentile(a, 50)),
-            "p95": int(np.percentile(a, 95)), "max": int(a.max())}
+    return {
+        "min": int(a.min()),
+        "mean": float(a.mean()),
+        "p50": int(np.percentile(a, 50)),
+        "p95": int(np.percentile(a, 95)),
+        "max": int(a.max()),
+    }
 
 
 def _fmt_stats(s: dict) -> str:
@@ -42,22 +47,35 @@ def show_trained(tokenizer, input_ids: list[int], labels: list[int], color: bool
     return "".join(out)
 
 
-def inspect_mix(mix_path: str, tokenizer, kind: str | None = None, max_seq_length: int = 2048,
-                max_prompt_length: int = 2048, color: bool = False, example: int = 0) -> str:
+def inspect_mix(
+    mix_path: str,
+    tokenizer,
+    kind: str | None = None,
+    max_seq_length: int = 2048,
+    max_prompt_length: int = 2048,
+    color: bool = False,
+    example: int = 0,
+) -> str:
     """The report as text (also used by tests)."""
     from .mixes import load_mix
     from .tokenize import tokenize_data
 
     mix = load_mix(mix_path, kind=kind)
-    lines = [f"mix: {mix_path}  (kind {mix.kind}, {len(mix.dataset)} rows, content hash {mix.content_hash[:16]})",
-             "sources:"]
+    lines = [
+        f"mix: {mix_path}  (kind {mix.kind}, {len(mix.dataset)} rows, content hash {mix.content_hash[:16]})",
+        "sources:",
+    ]
     for s in mix.sources:
         lines.append(f"  {s.name}: {s.rows} rows read, {s.dropped} dropped, {s.selected} in the mix")
         if s.first_problem:
             lines.append(f"    first dropped: {s.first_problem}")
-    td = tokenize_data(mix, tokenizer, mix.kind, max_seq_length=max_seq_length, max_prompt_length=max_prompt_length)
+    td = tokenize_data(
+        mix, tokenizer, mix.kind, max_seq_length=max_seq_length, max_prompt_length=max_prompt_length
+    )
     ds = td.dataset
-    limit = f"max_prompt_length {max_prompt_length}" if mix.kind == "rlvr" else f"max_seq_length {max_seq_length}"
+    limit = (
+        f"max_prompt_length {max_prompt_length}" if mix.kind == "rlvr" else f"max_seq_length {max_seq_length}"
+    )
     lines.append(f"tokenised: {len(ds)} rows, {td.num_dropped} dropped by the transform ({limit})")
     if len(ds) == 0:
         return "\n".join(lines)
@@ -67,10 +85,14 @@ def inspect_mix(mix_path: str, tokenizer, kind: str | None = None, max_seq_lengt
         lengths = [len(x) for x in ds["input_ids"]]
         trained = sum(sum(1 for t in lab if t != IGNORE) for lab in ds["labels"])
         lines.append(f"tokens per example: {_fmt_stats(length_stats(lengths))}")
-        lines.append(f"tokens in total: {sum(lengths)}, trained: {trained} ({100 * trained / max(sum(lengths), 1):.1f}%)")
+        lines.append(
+            f"tokens in total: {sum(lengths)}, trained: {trained} ({100 * trained / max(sum(lengths), 1):.1f}%)"
+        )
         row = ds[i]
-        lines += [f"example {i} (trained tokens {'in green' if color else 'in [brackets]'}):",
-                  show_trained(tokenizer, row["input_ids"], row["labels"], color)]
+        lines += [
+            f"example {i} (trained tokens {'in green' if color else 'in [brackets]'}):",
+            show_trained(tokenizer, row["input_ids"], row["labels"], color),
+        ]
     elif mix.kind == "preference":
         for side in ("chosen", "rejected"):
             lengths = [len(x) for x in ds[f"{side}_input_ids"]]
@@ -79,15 +101,23 @@ def inspect_mix(mix_path: str, tokenizer, kind: str | None = None, max_seq_lengt
         row = ds[i]
         lines.append(f"example {i} (trained tokens {'in green' if color else 'in [brackets]'}):")
         for side in ("chosen", "rejected"):
-            lines += [f"--- {side}:", show_trained(tokenizer, row[f"{side}_input_ids"], row[f"{side}_labels"], color)]
+            lines += [
+                f"--- {side}:",
+                show_trained(tokenizer, row[f"{side}_input_ids"], row[f"{side}_labels"], color),
+            ]
     else:
         lengths = [len(x) for x in ds["prompt_input_ids"]]
         lines.append(f"prompt tokens per example: {_fmt_stats(length_stats(lengths))}")
         counts = Counter(ds["dataset"])
-        lines.append("verifiers (dataset column): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        lines.append(
+            "verifiers (dataset column): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        )
         row = ds[i]
-        lines += [f"example {i} (prompt as the rollout engine sees it; ground_truth {row['ground_truth']!r}, "
-                  f"dataset {row['dataset']!r}):", row["prompt"]]
+        lines += [
+            f"example {i} (prompt as the rollout engine sees it; ground_truth {row['ground_truth']!r}, "
+            f"dataset {row['dataset']!r}):",
+            row["prompt"],
+        ]
     return "\n".join(lines)
 
 
@@ -100,13 +130,24 @@ def inspect_command(args) -> int:
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     except Exception as e:  # noqa: BLE001 - a bad path/dir is the user's input
-        raise ConfigError(f"--tokenizer {args.tokenizer}: cannot load a tokenizer ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:200]})") from None
+        raise ConfigError(
+            f"--tokenizer {args.tokenizer}: cannot load a tokenizer ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]})"
+        ) from None
     if args.chat_template:
         install_template(tokenizer, args.chat_template, add_bos=args.add_bos)
     color = sys.stdout.isatty() and not args.no_color
-    print(inspect_mix(args.mix, tokenizer, kind=args.kind, max_seq_length=args.max_seq_length,
-                      max_prompt_length=args.max_prompt_length, color=color, example=args.example))
+    print(
+        inspect_mix(
+            args.mix,
+            tokenizer,
+            kind=args.kind,
+            max_seq_length=args.max_seq_length,
+            max_prompt_length=args.max_prompt_length,
+            color=color,
+            example=args.example,
+        )
+    )
     return 0
 
 
@@ -120,8 +161,12 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--kind", choices=KINDS, default=None, help="default: the mix's `kind`, else inferred")
     q.add_argument("--max-seq-length", type=int, default=2048)
     q.add_argument("--max-prompt-length", type=int, default=2048)
-    q.add_argument("--chat-template", choices=["tulu", "olmo"], default=None,
-                   help="replace the tokenizer's chat template")
+    q.add_argument(
+        "--chat-template",
+        choices=["tulu", "olmo"],
+        default=None,
+        help="replace the tokenizer's chat template",
+    )
     q.add_argument("--add-bos", action="store_true", help="with --chat-template: BOS in front (OLMo 2)")
     q.add_argument("--example", type=int, default=0, help="which row to render")
     q.add_argument("--no-color", action="store_true")

@@ -76,7 +76,9 @@ class LoadedMix:
 
 
 def check_amount(amount: Any, where: str) -> float | int:
-    bad = f"{where}.amount: {amount!r} is not a fraction (float > 0, e.g. 0.5 or 2.5) or a row count (int > 0)"
+    bad = (
+        f"{where}.amount: {amount!r} is not a fraction (float > 0, e.g. 0.5 or 2.5) or a row count (int > 0)"
+    )
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise DataError(bad)
     if isinstance(amount, float) and (not math.isfinite(amount) or amount <= 0):
@@ -152,7 +154,9 @@ def _raw_jsonl_rows(path: Path, columns: dict[str, str]):
             except json.JSONDecodeError as e:
                 raise DataError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
-                raise DataError(f"{path} line {lineno}: a row must be a JSON object, got {type(row).__name__}")
+                raise DataError(
+                    f"{path} line {lineno}: a row must be a JSON object, got {type(row).__name__}"
+                )
             yield lineno, rename_columns(row, columns)
 
 
@@ -177,12 +181,15 @@ def _load_raw(src: SourceSpec, where: str):
         try:
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as e:  # noqa: BLE001 - any reader failure is a data problem, one line
-            raise DataError(f"{path}: datasets could not read it ({type(e).__name__}: {_one_line(e)})") from None
+            raise DataError(
+                f"{path}: datasets could not read it ({type(e).__name__}: {_one_line(e)})"
+            ) from None
     try:
         return datasets.load_dataset(src.hf, src.subset, split=src.split)
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"{where}.hf: could not load {src.hf!r} split {src.split!r} "
-                        f"({type(e).__name__}: {_one_line(e)})") from None
+        raise DataError(
+            f"{where}.hf: could not load {src.hf!r} split {src.split!r} ({type(e).__name__}: {_one_line(e)})"
+        ) from None
 
 
 def _one_line(e: Exception) -> str:
@@ -194,26 +201,19 @@ def _features(kind: str):
     from datasets import Features, List, Value
 
     messages = List({"role": Value("string"), "content": Value("string")})
-    return Features({
-        "sft": {"messages": messages},
-        "preference": {"chosen": messages, "rejected": messages},
-        "rlvr": {"messages": messages, "ground_truth": Value("string"), "dataset": Value("string")},
-    }[kind])
+    return Features(
+        {
+            "sft": {"messages": messages},
+            "preference": {"chosen": messages, "rejected": messages},
+            "rlvr": {"messages": messages, "ground_truth": Value("string"), "dataset": Value("string")},
+        }[kind]
+    )
 
 
-def _validate(src: SourceSpec, ds, kind: str, where: str) -> tuple[list[int], list[str]]:
-    """Checks every row (raising on hard problems) before anything is transformed.
-    Returns (indices of rows to keep, soft problems with their location)."""
-    keep, problems = [], []
-    if src.path is not None and Path(src.path).suffix == ".jsonl":
-        # Our own pass over the raw lines, so errors can name the line number.
-        rows = ((f"{src.path} line {n}", row) for n, row in _raw_jsonl_rows(Path(src.path), src.columns))
-    else:
-        if src.path is not None and Path(src.path).suffix == ".json":
-            _check_json_file(Path(src.path))
-        name = src.path or f"{src.hf} ({src.split})"
-        rows = ((f"{name} row {i}", row) for i, row in enumerate(ds))
-    count = 0
+def _validate(rows, kind: str) -> tuple[list[int], list[str], int]:
+    """Checks every (location, row) (raising on hard problems) before anything is transformed.
+    Returns (indices of rows to keep, soft problems with their location, rows seen)."""
+    keep, problems, count = [], [], 0
     for i, (loc, row) in enumerate(rows):
         _, soft = check_row(row, kind, loc)
         if soft is None:
@@ -221,9 +221,13 @@ def _validate(src: SourceSpec, ds, kind: str, where: str) -> tuple[list[int], li
         else:
             problems.append(f"{loc}: {soft}")
         count += 1
-    if count != len(ds):  # the reader and our line scan disagree: refuse rather than misalign rows
-        raise DataError(f"{src.path}: read {len(ds)} rows with datasets but {count} non-blank lines")
-    return keep, problems
+    return keep, problems, count
+
+
+def _first_jsonl_row(path: Path, columns: dict[str, str]) -> dict:
+    for _, row in _raw_jsonl_rows(path, columns):
+        return row
+    raise DataError(f"{path}: the file has no rows")
 
 
 def _normaliser(kind: str, columns: dict[str, str]):
@@ -234,32 +238,81 @@ def _normaliser(kind: str, columns: dict[str, str]):
     return fn
 
 
+def _kind_for(kind: str | None, columns, name: str) -> str:
+    if kind is None:
+        kind = infer_kind(columns)
+        if kind is None:
+            raise DataError(
+                f"{name}: cannot tell the data kind from columns {', '.join(columns)}; "
+                f"pass --kind or set `kind:` in the mix"
+            )
+    return kind
+
+
 def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str):
     """Phase 1: read and validate one source. Returns (dataset, kind, keep indices, report)."""
     where = f"{mix_path} sources[{i}]"
-    ds = _load_raw(src, where)
     name = src.path or (src.hf + (f":{src.subset}" if src.subset else ""))
-    for old in src.columns:
-        if old not in ds.column_names:
-            raise DataError(f"{where}.columns: column '{old}' not in {name} (has: {', '.join(ds.column_names)})")
-    renamed = [src.columns.get(c, c) for c in ds.column_names]
-    if kind is None:
-        kind = infer_kind(renamed)
-        if kind is None:
-            raise DataError(f"{name}: cannot tell the data kind from columns {', '.join(renamed)}; "
-                            f"pass --kind or set `kind:` in the mix")
-    if kind != "preference":  # preference rows may use `prompt` + bare responses; checked per row
-        for col in REQUIRED_COLUMNS[kind]:
-            if col not in renamed:
-                raise DataError(f"{name}: missing column '{col}' for {kind} data (has: {', '.join(renamed)})")
-    keep, problems = _validate(src, ds, kind, where)
+    path = Path(src.path) if src.path is not None else None
+    if path is not None and not path.is_file():
+        raise DataError(f"{path}: data file not found ({where}.path)")
+
+    if path is not None and path.suffix == ".jsonl":
+        # Our own pass over the raw lines first, so every error names its line number and a bad
+        # line is reported as such rather than as an Arrow schema failure.
+        first = _first_jsonl_row(path, {})
+        for old in src.columns:
+            if old not in first:
+                raise DataError(
+                    f"{where}.columns: column '{old}' not in {name} line 1 (has: {', '.join(first)})"
+                )
+        kind = _kind_for(kind, list(rename_columns(first, src.columns)), name)
+        rows = ((f"{path} line {n}", row) for n, row in _raw_jsonl_rows(path, src.columns))
+        keep, problems, count = _validate(rows, kind)
+        ds = _load_raw(src, where)
+        if count != len(ds):  # the reader and our line scan disagree: refuse rather than misalign rows
+            raise DataError(f"{path}: datasets read {len(ds)} rows but the file has {count} non-blank lines")
+    else:
+        if path is not None and path.suffix == ".json":
+            _check_json_file(path)
+        ds = _load_raw(src, where)
+        for old in src.columns:
+            if old not in ds.column_names:
+                raise DataError(
+                    f"{where}.columns: column '{old}' not in {name} (has: {', '.join(ds.column_names)})"
+                )
+        renamed = [src.columns.get(c, c) for c in ds.column_names]
+        kind = _kind_for(kind, renamed, name)
+        if kind != "preference":  # preference rows may use `prompt` + bare responses; checked per row
+            for col in REQUIRED_COLUMNS[kind]:
+                if col not in renamed:
+                    raise DataError(
+                        f"{name}: missing column '{col}' for {kind} data (has: {', '.join(renamed)})"
+                    )
+        label = src.path or f"{src.hf} ({src.split})"
+        rows = ((f"{label} row {j}", rename_columns(row, src.columns)) for j, row in enumerate(ds))
+        keep, problems, _ = _validate(rows, kind)
+
     if problems:
-        log.warning("%s: dropped %d of %d preference rows with problems; first: %s",
-                    name, len(problems), len(ds), problems[0])
+        log.warning(
+            "%s: dropped %d of %d %s rows with problems; first: %s",
+            name,
+            len(problems),
+            len(ds),
+            kind,
+            problems[0],
+        )
     if not keep:
-        raise DataError(f"{name}: all {len(ds)} rows are unusable; first: {problems[0] if problems else 'no rows'}")
-    report = SourceReport(name=name, rows=len(ds), dropped=len(problems), selected=0,
-                          first_problem=problems[0] if problems else None)
+        raise DataError(
+            f"{name}: all {len(ds)} rows are unusable; first: {problems[0] if problems else 'no rows'}"
+        )
+    report = SourceReport(
+        name=name,
+        rows=len(ds),
+        dropped=len(problems),
+        selected=0,
+        first_problem=problems[0] if problems else None,
+    )
     return ds, kind, keep, report
 
 
@@ -267,8 +320,12 @@ def _finish_source(src: SourceSpec, i: int, ds, kind: str, keep: list[int], seed
     """Phase 2: drop soft-bad rows, normalise to canonical columns, apply `amount`."""
     if len(keep) < len(ds):
         ds = ds.select(keep)
-    ds = ds.map(_normaliser(kind, src.columns), remove_columns=ds.column_names, features=_features(kind),
-                desc="normalise rows")
+    ds = ds.map(
+        _normaliser(kind, src.columns),
+        remove_columns=ds.column_names,
+        features=_features(kind),
+        desc="normalise rows",
+    )
     idx = amount_indices(len(ds), src.amount, seed=seed * 1000 + i)
     if not idx:
         raise DataError(f"{mix_path} sources[{i}].amount: {src.amount!r} selects 0 of {len(ds)} rows")

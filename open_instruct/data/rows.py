@@ -48,14 +48,18 @@ def infer_kind(columns) -> str | None:
 def check_messages(value: Any, where: str, field: str, allow_empty: bool = False) -> list[dict]:
     """Validates a list of {role, content} turns; returns it reduced to exactly those two keys."""
     if not isinstance(value, list):
-        raise DataError(f"{where}: {field} must be a list of {{role, content}} turns, got {type(value).__name__}")
+        raise DataError(
+            f"{where}: {field} must be a list of {{role, content}} turns, got {type(value).__name__}"
+        )
     if not value and not allow_empty:
         raise DataError(f"{where}: {field} is an empty list")
     out = []
     for i, turn in enumerate(value):
         f = f"{field}[{i}]"
         if not isinstance(turn, dict):
-            raise DataError(f"{where}: {f} must be a mapping with role and content, got {type(turn).__name__}")
+            raise DataError(
+                f"{where}: {f} must be a mapping with role and content, got {type(turn).__name__}"
+            )
         role = turn.get("role")
         if "role" not in turn:
             raise DataError(f"{where}: {f}.role is missing")
@@ -102,12 +106,17 @@ def _rlvr(row: dict, where: str) -> dict:
     _require(row, "rlvr", where)
     messages = check_messages(row["messages"], where, "messages")
     if messages[-1]["role"] == "assistant":
-        raise DataError(f"{where}: messages[{len(messages) - 1}].role: an RLVR prompt must not end with an assistant turn")
+        raise DataError(
+            f"{where}: messages[{len(messages) - 1}].role: an RLVR prompt must not end with an assistant turn"
+        )
     dataset = row["dataset"]
     if not isinstance(dataset, str) or not dataset.strip():
         raise DataError(f"{where}: dataset must be a non-empty string naming the verifier, got {dataset!r}")
-    return {"messages": messages, "ground_truth": _label_text(row["ground_truth"], where, "ground_truth"),
-            "dataset": dataset}
+    return {
+        "messages": messages,
+        "ground_truth": _label_text(row["ground_truth"], where, "ground_truth"),
+        "dataset": dataset,
+    }
 
 
 def _prompt_turns(row: dict, where: str) -> list[dict]:

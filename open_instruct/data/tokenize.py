@@ -43,8 +43,12 @@ TRANSFORM_VERSION = 1
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     if not tokenizer.chat_template:
-        raise ConfigError("the tokenizer has no chat_template (install one with data.templates.install_template)")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        raise ConfigError(
+            "the tokenizer has no chat_template (install one with data.templates.install_template)"
+        )
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -63,11 +67,15 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
             cursor = len(render(tokenizer, messages[:i])) if i else 0
             start = full.find(turn["content"].strip(), cursor)
             if start < 0:
-                raise ConfigError(f"chat template: cannot locate assistant turn {i} in the rendered conversation")
+                raise ConfigError(
+                    f"chat template: cannot locate assistant turn {i} in the rendered conversation"
+                )
         upto = render(tokenizer, messages[: i + 1])
         if not full.startswith(upto):
-            raise ConfigError(f"chat template: the rendering of the first {i + 1} turns is not a prefix of the "
-                              f"whole conversation; cannot find what to train on")
+            raise ConfigError(
+                f"chat template: the rendering of the first {i + 1} turns is not a prefix of the "
+                f"whole conversation; cannot find what to train on"
+            )
         end = len(upto)
         while end > start and full[end - 1].isspace():
             end -= 1
@@ -112,9 +120,11 @@ def sft_example(tokenizer, messages: list[dict], max_seq_length: int) -> dict | 
 def _response_tokens(tokenizer, prompt_text: str, conversation: list[dict]) -> tuple[list[int], list[int]]:
     full = render(tokenizer, conversation)
     if not full.startswith(prompt_text):
-        raise ConfigError("chat template: the prompt with generation prompt is not a prefix of the full "
-                          "conversation; cannot split prompt and response")
-    response = full[len(prompt_text):]
+        raise ConfigError(
+            "chat template: the prompt with generation prompt is not a prefix of the full "
+            "conversation; cannot split prompt and response"
+        )
+    response = full[len(prompt_text) :]
     # Tokenised apart from the prompt, so chosen and rejected share the prompt tokens exactly, as at
     # generation time.
     ids, offsets = _encode(tokenizer, response)
@@ -123,7 +133,9 @@ def _response_tokens(tokenizer, prompt_text: str, conversation: list[dict]) -> t
     return ids, labels
 
 
-def preference_example(tokenizer, chosen: list[dict], rejected: list[dict], max_seq_length: int) -> dict | None:
+def preference_example(
+    tokenizer, chosen: list[dict], rejected: list[dict], max_seq_length: int
+) -> dict | None:
     """{"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "prompt_length"}.
 
     Labels cover only the final response (+ its end token). Responses are truncated to fit
@@ -165,8 +177,11 @@ def _batch_fn(batch: dict, tokenizer, kind: str, max_seq_length: int, max_prompt
         else:
             ex = rlvr_example(tokenizer, batch["messages"][j], max_prompt_length)
             if ex is not None:
-                ex.update(messages=batch["messages"][j], ground_truth=batch["ground_truth"][j],
-                          dataset=batch["dataset"][j])
+                ex.update(
+                    messages=batch["messages"][j],
+                    ground_truth=batch["ground_truth"][j],
+                    dataset=batch["dataset"][j],
+                )
         if ex is None:
             continue
         for k, v in ex.items():
@@ -176,7 +191,13 @@ def _batch_fn(batch: dict, tokenizer, kind: str, max_seq_length: int, max_prompt
 
 _OUTPUT_COLUMNS = {
     "sft": ["input_ids", "labels"],
-    "preference": ["chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "prompt_length"],
+    "preference": [
+        "chosen_input_ids",
+        "chosen_labels",
+        "rejected_input_ids",
+        "rejected_labels",
+        "prompt_length",
+    ],
     "rlvr": ["prompt_input_ids", "prompt", "messages", "ground_truth", "dataset"],
 }
 
@@ -186,13 +207,25 @@ def _output_features(kind: str):
 
     ids = List(Value("int32"))
     messages = List({"role": Value("string"), "content": Value("string")})
-    return Features({
-        "sft": {"input_ids": ids, "labels": ids},
-        "preference": {"chosen_input_ids": ids, "chosen_labels": ids, "rejected_input_ids": ids,
-                       "rejected_labels": ids, "prompt_length": Value("int32")},
-        "rlvr": {"prompt_input_ids": ids, "prompt": Value("string"), "messages": messages,
-                 "ground_truth": Value("string"), "dataset": Value("string")},
-    }[kind])
+    return Features(
+        {
+            "sft": {"input_ids": ids, "labels": ids},
+            "preference": {
+                "chosen_input_ids": ids,
+                "chosen_labels": ids,
+                "rejected_input_ids": ids,
+                "rejected_labels": ids,
+                "prompt_length": Value("int32"),
+            },
+            "rlvr": {
+                "prompt_input_ids": ids,
+                "prompt": Value("string"),
+                "messages": messages,
+                "ground_truth": Value("string"),
+                "dataset": Value("string"),
+            },
+        }[kind]
+    )
 
 
 # ----------------------------------------------------------------------------- cache
@@ -219,8 +252,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def cache_key(data_hash: str, tokenizer, kind: str, settings: dict) -> str:
-    payload = {"version": TRANSFORM_VERSION, "data": data_hash, "tokenizer": tokenizer_fingerprint(tokenizer),
-               "transform": kind, "settings": settings}
+    payload = {
+        "version": TRANSFORM_VERSION,
+        "data": data_hash,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "transform": kind,
+        "settings": settings,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -263,43 +301,79 @@ def tokenize_data(
     else:
         raise TypeError(f"tokenize_data: expected a LoadedMix or datasets.Dataset, got {type(data).__name__}")
     check_kind(kind)
-    settings = {"max_prompt_length": max_prompt_length} if kind == "rlvr" else {"max_seq_length": max_seq_length}
+    settings = (
+        {"max_prompt_length": max_prompt_length} if kind == "rlvr" else {"max_seq_length": max_seq_length}
+    )
     key = cache_key(data_hash, tokenizer, kind, settings)
     path = cache_root(cache_dir) / f"{kind}-{key}"
 
     if cache and (path / "stats.json").is_file():
         stats = json.loads((path / "stats.json").read_text())
-        return TokenizedData(load_from_disk(str(path / "data")), kind, stats["num_input"], stats["num_dropped"],
-                             data_hash, key, str(path), True)
+        return TokenizedData(
+            load_from_disk(str(path / "data")),
+            kind,
+            stats["num_input"],
+            stats["num_dropped"],
+            data_hash,
+            key,
+            str(path),
+            True,
+        )
 
+    tmp = None
+    map_kwargs = {}
+    if cache:
+        # Built in a temp dir next to the final place and renamed, so a crash never leaves half an
+        # entry behind. datasets' own map cache is bypassed: this cache is the one source of truth.
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        map_kwargs["cache_file_name"] = str(tmp / "map.arrow")
     out = ds.map(
         _batch_fn,
         batched=True,
         batch_size=256,
         remove_columns=ds.column_names,
         features=_output_features(kind),
-        fn_kwargs=dict(tokenizer=tokenizer, kind=kind, max_seq_length=max_seq_length,
-                       max_prompt_length=max_prompt_length),
+        fn_kwargs=dict(
+            tokenizer=tokenizer, kind=kind, max_seq_length=max_seq_length, max_prompt_length=max_prompt_length
+        ),
         num_proc=num_proc,
+        load_from_cache_file=False,
         new_fingerprint=key,  # our key already identifies the result; spares datasets hashing the tokenizer
         desc=f"tokenize {kind}",
+        **map_kwargs,
     )
     num_dropped = len(ds) - len(out)
     if num_dropped:
-        log.warning("tokenize %s: dropped %d of %d rows (no trained token left within the length limits)",
-                    kind, num_dropped, len(ds))
-    if not cache:
+        log.warning(
+            "tokenize %s: dropped %d of %d rows (no trained token left within the length limits)",
+            kind,
+            num_dropped,
+            len(ds),
+        )
+    if tmp is None:
         return TokenizedData(out, kind, len(ds), num_dropped, data_hash, key, None, False)
 
-    # Write next to the final place and rename, so a crash never leaves a half cache entry behind.
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     out.save_to_disk(str(tmp / "data"))
-    (tmp / "stats.json").write_text(json.dumps({"num_input": len(ds), "num_dropped": num_dropped, "kind": kind,
-                                                "data_hash": data_hash, "settings": settings}))
+    del out
+    for f in tmp.glob("map*.arrow"):
+        f.unlink()
+    (tmp / "stats.json").write_text(
+        json.dumps(
+            {
+                "num_input": len(ds),
+                "num_dropped": num_dropped,
+                "kind": kind,
+                "data_hash": data_hash,
+                "settings": settings,
+            }
+        )
+    )
     try:
         os.replace(tmp, path)
     except OSError:  # another process finished the same entry first; theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
-    return TokenizedData(load_from_disk(str(path / "data")), kind, len(ds), num_dropped, data_hash, key,
-                         str(path), False)
+    return TokenizedData(
+        load_from_disk(str(path / "data")), kind, len(ds), num_dropped, data_hash, key, str(path), False
+    )

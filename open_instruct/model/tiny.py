@@ -164,8 +164,15 @@ def tiny_command(args) -> int:
 
     try:
         out = build_tiny(
-            args.out, arch=args.arch, seed=args.seed, hidden=args.hidden, layers=args.layers,
-            heads=args.heads, kv_heads=args.kv_heads, ffn=args.ffn, vocab_size=args.vocab_size,
+            args.out,
+            arch=args.arch,
+            seed=args.seed,
+            hidden=args.hidden,
+            layers=args.layers,
+            heads=args.heads,
+            kv_heads=args.kv_heads,
+            ffn=args.ffn,
+            vocab_size=args.vocab_size,
         )
     except ValueError as e:
         raise ConfigError(f"tiny: {e}") from None

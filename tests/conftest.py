@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny offline models built once per session, isolated caches, no network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the hub: fail fast instead of waiting on timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_open_instruct_cache(tmp_path_factory):
+    """Tokenised-data caches go to a per-session temp dir, not ~/.cache (tests stay independent)."""
+    old = os.environ.get("OPEN_INSTRUCT_CACHE")
+    os.environ["OPEN_INSTRUCT_CACHE"] = str(tmp_path_factory.mktemp("open_instruct_cache"))
+    yield
+    if old is None:
+        os.environ.pop("OPEN_INSTRUCT_CACHE", None)
+    else:
+        os.environ["OPEN_INSTRUCT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """data_mixes/samples (the toy task; regenerate with scripts/make_samples.py)."""
+    return REPO / "data_mixes" / "samples"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (hidden 128, 4 layers, vocab 512) + tulu tokenizer, built once (~4 s).
+    Treat it as read-only; copy it (shutil.copytree) before writing into it."""
+    from open_instruct.model.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny_llama") / "model", arch="llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_olmo2_dir(tmp_path_factory) -> Path:
+    """A tiny random OLMo 2 whose tulu template puts the BOS in front (as OLMo 2 Instruct)."""
+    from open_instruct.model.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny_olmo2") / "model", arch="olmo2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    """The tiny Llama's tokenizer (session-wide: do not mutate; load your own to change it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    """A fresh fp32 copy of the tiny Llama per test (loading takes ~0.1 s), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
