@@ -211,20 +211,24 @@ def make_accelerator(deepspeed: str | None, accumulation: int, micro_batch: int,
     from accelerate.utils import DeepSpeedPlugin
 
     on_cpu = not torch.cuda.is_available()
-    if on_cpu:
-        # Without cpu=True every CPU rank silently trains alone; with DeepSpeed the state must exist
-        # before the plugin, else each rank believes it is rank 0 of 1 (accelerate 1.15).
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-        if deepspeed:
-            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            PartialState(backend="gloo", cpu=True)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     plugin = None
     if deepspeed:
+        # accelerate 1.15 on a machine without GPUs: `cpu=True` silently drops DeepSpeed, and without
+        # a gloo state made first every rank believes it is rank 0 of 1.
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        if on_cpu and distributed:
+            PartialState(backend="gloo")
         plugin = DeepSpeedPlugin(hf_ds_config=_deepspeed_config(deepspeed, micro_batch, accumulation,
                                                                 max_grad_norm, bf16))
-    return Accelerator(cpu=on_cpu, gradient_accumulation_steps=accumulation, deepspeed_plugin=plugin,
-                       mixed_precision="bf16" if bf16 and not deepspeed else "no")
+        return Accelerator(gradient_accumulation_steps=accumulation, deepspeed_plugin=plugin)
+    if on_cpu:
+        # Without cpu=True every CPU rank silently trains alone.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        if distributed:
+            PartialState(backend="gloo", cpu=True)
+    return Accelerator(cpu=on_cpu, gradient_accumulation_steps=accumulation,
+                       mixed_precision="bf16" if bf16 else "no")
 
 
 class Engine:
