@@ -196,3 +196,30 @@ def test_num_proc(tok, samples_dir):
     a = T.tokenize_data(mix, tok, max_seq_length=64, cache=False)
     b = T.tokenize_data(mix, tok, max_seq_length=64, cache=False, num_proc=2)
     assert a.dataset[:] == b.dataset[:]
+
+
+def test_sentencepiece_style_tokenizer_without_special_role_tokens():
+    """Real tokenizers differ: here role markers are plain text split into many pieces, spaces are
+    Metaspace '▁', and bytes fall back to <0x..> tokens. The spans must still be exact."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from open_instruct.model.tiny import training_corpus
+
+    raw = Tokenizer(models.BPE(byte_fallback=True))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+    specials = [EOS, "<|pad|>"] + [f"<0x{i:02X}>" for i in range(256)]
+    raw.train_from_iterator(
+        training_corpus(0, 2000),
+        trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False),
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=EOS, bos_token=EOS, pad_token="<|pad|>")
+    install_template(tok, "tulu")
+    conv = CONV[1:] + [
+        {"role": "user", "content": "ok"},
+        {"role": "assistant", "content": "You are welcome."},
+    ]
+    ex = T.sft_example(tok, conv, 10_000)
+    assert _trained_spans(tok, ex) == [c["content"] + EOS for c in conv if c["role"] == "assistant"]
+    assert len(tok("<|assistant|>", add_special_tokens=False)["input_ids"]) > 1
