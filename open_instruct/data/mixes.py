@@ -230,10 +230,22 @@ def _first_jsonl_row(path: Path, columns: dict[str, str]) -> dict:
     raise DataError(f"{path}: the file has no rows")
 
 
+def _iter_rows(ds, batch_size: int = 1000):
+    """Rows of a Dataset as plain dicts, read a batch at a time (row-by-row Arrow reads are slow)."""
+    for batch in ds.iter(batch_size=batch_size):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys)):
+            yield dict(zip(keys, values))
+
+
 def _normaliser(kind: str, columns: dict[str, str]):
-    def fn(row):
-        out, _ = check_row(rename_columns(dict(row), columns), kind, "")
-        return out
+    def fn(batch):
+        keys = list(batch)
+        rows = [
+            check_row(rename_columns(dict(zip(keys, vals)), columns), kind, "")[0]
+            for vals in zip(*(batch[k] for k in keys))
+        ]
+        return {col: [r[col] for r in rows] for col in REQUIRED_COLUMNS[kind]}
 
     return fn
 
@@ -290,7 +302,9 @@ def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str):
                         f"{name}: missing column '{col}' for {kind} data (has: {', '.join(renamed)})"
                     )
         label = src.path or f"{src.hf} ({src.split})"
-        rows = ((f"{label} row {j}", rename_columns(row, src.columns)) for j, row in enumerate(ds))
+        rows = (
+            (f"{label} row {j}", rename_columns(row, src.columns)) for j, row in enumerate(_iter_rows(ds))
+        )
         keep, problems, _ = _validate(rows, kind)
 
     if problems:
@@ -322,6 +336,7 @@ def _finish_source(src: SourceSpec, i: int, ds, kind: str, keep: list[int], seed
         ds = ds.select(keep)
     ds = ds.map(
         _normaliser(kind, src.columns),
+        batched=True,
         remove_columns=ds.column_names,
         features=_features(kind),
         desc="normalise rows",
