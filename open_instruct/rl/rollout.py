@@ -259,14 +259,14 @@ class RolloutEngine:
         return {"loaded": results[0]["loaded"], "missing": missing,
                 "worker_seconds": max(r["seconds"] for r in results)}
 
-    def load_safetensors(self, payload: bytes) -> dict:
+    def load_safetensors(self, payload: bytes, via_shm: bool = True) -> dict:
         """CPU transport. `payload` (safetensors bytes) arrives through Ray's object store; with
-        cpu_payload=shm it is written to /dev/shm on this node and the workers read the file,
+        `via_shm` it is written to /dev/shm on this node and the workers read the file,
         otherwise the bytes go through vLLM's RPC pipe."""
         t0 = time.perf_counter()
         path = None
         arg: bytes | str = payload
-        if self.cfg.cpu_payload == "shm" and os.path.isdir("/dev/shm"):
+        if via_shm and os.path.isdir("/dev/shm"):
             path = f"/dev/shm/oi_weights_{os.getpid()}_{uuid.uuid4().hex}.safetensors"
             with open(path, "wb") as f:
                 f.write(payload)
@@ -398,7 +398,7 @@ class RolloutGroup:
         self.engines[index] = engine
         self.restarts += 1
         if self._weights_ref is not None:
-            engine.load_safetensors.remote(self._weights_ref)
+            engine.load_safetensors.remote(self._weights_ref, self.cfg.cpu_payload == "shm")
         elif self._latest_weights is not None:
             # GPU transports: the old NCCL group included the dead engine, so it is rebuilt on
             # the next sync; this engine catches up through the CPU path now.

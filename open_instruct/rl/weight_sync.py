@@ -99,7 +99,8 @@ def sync_cpu(group: RolloutGroup, weights) -> dict:
     t_ser = time.perf_counter() - t0
     # Set before sending: an engine restarted during this sync must get these weights.
     group._weights_ref = ray.put(payload)
-    results, restarts = group._run("load_safetensors", [(group._weights_ref,)] * len(group.engines))
+    args = (group._weights_ref, group.cfg.cpu_payload == "shm")
+    results, restarts = group._run("load_safetensors", [args] * len(group.engines))
     _check_complete(results, "cpu")
     return {"transport": "cpu", "seconds": time.perf_counter() - t0, "serialize_seconds": t_ser,
             "bytes": len(payload), "engine_seconds": max(r["engine_seconds"] for r in results),
