@@ -1,7 +1,8 @@
 """``math`` (flexible) and ``strict_math``: MATH answers checked by normalisation, then symbolically.
 
 1. The answer is extracted (see ``math_extract``): flexible = last ``\\boxed{}``, else the Minerva
-   "final answer is X", else the last ``$...$``, else the whole answer text when it is short; strict =
+   "final answer is X", else the last ``$...$``, else the whole answer text when it is short (compared
+   as a string only, step 2); strict =
    only "Final Answer: The final answer is X. I hope it is correct.".
 2. ``fast_equal`` (``math_normalize``) settles equal strings and pairs of plain numbers without any
    symbolic engine. This is the fast path the runner calls in-process.
@@ -92,7 +93,9 @@ def _decide_fast(completion: str, ground_truth, strict: bool):
             return RewardResult(1.0, {"extracted": answer, "how": how, "by": "string"}), answer, how
         if verdict is None:
             undecided = True
-    if not undecided:
+    if not undecided or how == "whole":
+        # A bare completion is compared as a string only: math_verify would pull any number out of a
+        # sentence ("probably 15 or so" -> 15).
         return RewardResult(0.0, {"extracted": answer, "how": how, "by": "string"}), answer, how
     return None, answer, how
 

@@ -173,6 +173,7 @@ class RewardRunner:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._warned_in_process: set[str] = set()
+        self._used: set[str] = set()  # rewards sent to workers so far: what a new worker warms up
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
 
@@ -269,6 +270,7 @@ class RewardRunner:
 
     def _run_contained(self, contained: dict[str, list[tuple]]) -> dict[int, Outcome]:
         tasks = self._make_tasks(contained)
+        self._used.update(contained)
         results: dict[int, Outcome] = {}
         self._workers[:] = [w for w in self._workers if w.proc.poll() is None]
         while len(self._workers) < min(self.num_workers, len(tasks)):
@@ -410,8 +412,8 @@ class RewardRunner:
         w.deadline = time.monotonic() + self.startup_timeout_s
         user = [(name, spec.origin) for name, spec in registry._REGISTRY.items()
                 if spec.origin not in (None, "builtin")]
-        warm = [name for name, spec in registry._REGISTRY.items()
-                if spec.origin == "builtin" and spec.warmup is not None and not spec.in_process]
+        warm = [name for name in sorted(self._used) if name in registry._REGISTRY
+                and registry._REGISTRY[name].warmup is not None]
         w.send_conn.send({"sys_path": [p for p in sys.path if p], "memory_limit_mb": self.memory_limit_mb,
                           "user": user, "warm": warm})
         return w

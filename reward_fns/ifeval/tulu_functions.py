@@ -145,14 +145,18 @@ def validate_placeholders(text: str, N) -> bool:
     return count_bracketed(text) >= to_int(N, "N")
 
 
-_BULLET = re.compile(r"^[^\S\n]*[*\-][^\S\n]+\S", re.MULTILINE)
-_RULE = re.compile(r"^[^\S\n]*([*\-])(?:[^\S\n]*\1){2,}[^\S\n]*$", re.MULTILINE)
+_BULLET = re.compile(r"[*\-][^\S\n]+\S")
+_RULE = re.compile(r"([*\-])(?:\s*\1){2,}")
 
 
 def verify_bullet_points(text: str, N) -> bool:
     """Exactly N markdown bullet lines: ``*`` or ``-`` then a space then text (``* * *`` and ``---``
     dividers are not bullets)."""
-    bullets = len(_BULLET.findall(text)) - len(_RULE.findall(text))
+    bullets = 0
+    for line in text.split("\n"):
+        line = line.strip()
+        if _BULLET.match(line) and not _RULE.fullmatch(line):
+            bullets += 1
     return bullets == to_int(N, "N")
 
 
