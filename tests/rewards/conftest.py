@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import textwrap
 
 import pytest
@@ -90,16 +92,35 @@ USER_REWARDS = textwrap.dedent('''
 ''')
 
 
+@contextlib.contextmanager
+def registry_snapshot():
+    """Undo registrations and forget user modules imported inside the block (so the next test that
+    loads the same file imports it afresh and its @register decorators run again)."""
+    saved = dict(registry._REGISTRY)
+    saved_by_module = dict(user_rewards._REGISTERED_BY_MODULE)
+    saved_modules = {k for k in sys.modules if k.startswith("reward_fns._user")}
+    try:
+        yield
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
+        user_rewards._REGISTERED_BY_MODULE.clear()
+        user_rewards._REGISTERED_BY_MODULE.update(saved_by_module)
+        for key in [k for k in sys.modules if k.startswith("reward_fns._user") and k not in saved_modules]:
+            del sys.modules[key]
+
+
+@pytest.fixture(scope="session")
+def snapshot_registry():
+    """The registry_snapshot context manager, for module-scoped fixtures."""
+    return registry_snapshot
+
+
 @pytest.fixture
 def clean_registry():
     """Undo any registrations a test makes."""
-    saved = dict(registry._REGISTRY)
-    saved_modules = dict(user_rewards._REGISTERED_BY_MODULE)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
-    user_rewards._REGISTERED_BY_MODULE.clear()
-    user_rewards._REGISTERED_BY_MODULE.update(saved_modules)
+    with registry_snapshot():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -13,20 +13,14 @@ TIMEOUT = 1.0
 
 
 @pytest.fixture(scope="module")
-def runner(user_reward_file):
+def runner(user_reward_file, snapshot_registry):
     names = ["exact_answer", "raising", "hanging", "sleepy", "memory_hog", "dying", "junk", "with_metadata",
              "trl_style", "trl_hanging", "trl_wrong_length"]
-    from reward_fns import registry, user_rewards
-
-    saved = dict(registry._REGISTRY), dict(user_rewards._REGISTERED_BY_MODULE)
-    r = RewardRunner(timeout_s=TIMEOUT, num_workers=2, memory_limit_mb=1024,
-                     extra_modules=[f"{user_reward_file}:{n}" for n in names] + [str(user_reward_file)])
-    yield r
-    r.close()
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved[0])
-    user_rewards._REGISTERED_BY_MODULE.clear()
-    user_rewards._REGISTERED_BY_MODULE.update(saved[1])
+    with snapshot_registry():
+        r = RewardRunner(timeout_s=TIMEOUT, num_workers=2, memory_limit_mb=1024,
+                         extra_modules=[f"{user_reward_file}:{n}" for n in names] + [str(user_reward_file)])
+        yield r
+        r.close()
 
 
 def test_raising_reward_scores_zero_and_is_counted(runner):
