@@ -10,7 +10,8 @@ period and trailing zeros (``5.0`` -> ``5``); ``\\dfrac``/``\\tfrac`` -> ``\\fra
 ``1,000`` -> ``1000``.
 
 ``fast_equal`` decides most pairs without a symbolic engine: equal normalised strings are equal, and
-two plain numbers (integers, decimals, ``a/b``, ``\\frac{a}{b}``) are compared exactly as fractions.
+two plain numbers (integers, decimals, ``a/b``, ``\\frac{a}{b}``) are compared exactly as fractions, and
+so are two intervals/points of plain numbers (brackets must match).
 Everything else is left to ``math_verify`` (see ``math_reward``).
 """
 
@@ -121,6 +122,20 @@ def simple_number(s: str) -> Fraction | None:
     return -value if sign == "-" else value
 
 
+_TUPLE = re.compile(r"^([(\[])([^,()\[\]]+),([^,()\[\]]+)([)\]])$")
+
+
+def _number_tuple(s: str) -> tuple | None:
+    """("(", 1, 2, "]") for "(1,2]" when both entries are plain numbers, else None."""
+    m = _TUPLE.match(s)
+    if not m:
+        return None
+    a, b = simple_number(m.group(2)), simple_number(m.group(3))
+    if a is None or b is None:
+        return None
+    return m.group(1), a, b, m.group(4)
+
+
 def fast_equal(pred: str, gold: str) -> bool | None:
     """True/False when string normalisation settles it, None when a symbolic check is needed."""
     p, g = normalize_math(pred), normalize_math(gold)
@@ -133,6 +148,10 @@ def fast_equal(pred: str, gold: str) -> bool | None:
     vp, vg = simple_number(p), simple_number(g)
     if vp is not None and vg is not None:
         return vp == vg
+    tp, tg = _number_tuple(p), _number_tuple(g)
+    if tp is not None and tg is not None:
+        # Intervals / points of plain numbers: same brackets and the same values, exactly.
+        return tp == tg
     if vg is not None and not any(ch.isdigit() for ch in p) and "\\" not in p:
         # A number is expected and the answer holds no digit and no LaTeX command: cannot be equal.
         return False
