@@ -31,8 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 TARGETS = {"gsm8k": 5000, "string_match": 5000, "ifeval": 5000, "math": 500}
 SAMPLES_PER_PROMPT = 8
 
-_FILLER = ("First we work out the pieces. ", "Then we add them together. ", "Let me double-check the arithmetic. ",
-           "So far so good. ", "Now combine the results. ")
+_FILLER = (
+    "First we work out the pieces. ",
+    "Then we add them together. ",
+    "Let me double-check the arithmetic. ",
+    "So far so good. ",
+    "Now combine the results. ",
+)
 
 
 def _gsm8k_rows(rng: random.Random, n: int) -> list[tuple[str, str]]:
@@ -42,9 +47,11 @@ def _gsm8k_rows(rng: random.Random, n: int) -> list[tuple[str, str]]:
         answer = a * b + c
         label = str(answer)
         for _ in range(SAMPLES_PER_PROMPT):
-            steps = (f"Each box holds {a:,} items and there are {b} boxes, so {a:,} x {b} = {a * b:,}. "
-                     + "".join(rng.choice(_FILLER) for _ in range(rng.randint(2, 6)))
-                     + f"Adding the {c:,} loose items gives {a * b:,} + {c:,} = {answer:,}. ")
+            steps = (
+                f"Each box holds {a:,} items and there are {b} boxes, so {a:,} x {b} = {a * b:,}. "
+                + "".join(rng.choice(_FILLER) for _ in range(rng.randint(2, 6)))
+                + f"Adding the {c:,} loose items gives {a * b:,} + {c:,} = {answer:,}. "
+            )
             r = rng.random()
             if r < 0.55:
                 text = steps + f"The answer is ${answer:,}."
@@ -80,9 +87,11 @@ def _math_rows(rng: random.Random, n: int) -> list[tuple[str, str]]:
     while len(rows) < n:
         label, right, wrong = rng.choice(_MATH_ANSWERS)
         for _ in range(SAMPLES_PER_PROMPT):
-            work = ("We start from the given equation and simplify both sides. "
-                    + "".join(rng.choice(_FILLER) for _ in range(rng.randint(2, 5)))
-                    + f"Substituting $x = {rng.randint(1, 9)}$ checks out, and $y^2 = {rng.randint(2, 99)}$. ")
+            work = (
+                "We start from the given equation and simplify both sides. "
+                + "".join(rng.choice(_FILLER) for _ in range(rng.randint(2, 5)))
+                + f"Substituting $x = {rng.randint(1, 9)}$ checks out, and $y^2 = {rng.randint(2, 99)}$. "
+            )
             answer = rng.choice(right) if rng.random() < 0.6 else rng.choice(wrong)
             r = rng.random()
             if r < 0.6:
@@ -99,41 +108,82 @@ def _math_rows(rng: random.Random, n: int) -> list[tuple[str, str]]:
     return rows[:n]
 
 
-_SENTENCES = ["The river bends slowly past the old mill.", "Children play near the water in summer.",
-              "In winter the banks freeze and the town grows quiet.", "Fishermen come early, before the mist lifts.",
-              "THE BRIDGE WAS BUILT A CENTURY AGO.", "Everyone agrees it is the heart of the valley."]
+_SENTENCES = [
+    "The river bends slowly past the old mill.",
+    "Children play near the water in summer.",
+    "In winter the banks freeze and the town grows quiet.",
+    "Fishermen come early, before the mist lifts.",
+    "THE BRIDGE WAS BUILT A CENTURY AGO.",
+    "Everyone agrees it is the heart of the valley.",
+]
 
 
 def _tulu(func: str, **kw) -> str:
-    base = {"func_name": func, "N": None, "quantifier": None, "keyword_list": None, "word": None, "letter": None,
-            "end_phrase": None, "forbidden_words": None, "postscript_marker": None}
+    base = {
+        "func_name": func,
+        "N": None,
+        "quantifier": None,
+        "keyword_list": None,
+        "word": None,
+        "letter": None,
+        "end_phrase": None,
+        "forbidden_words": None,
+        "postscript_marker": None,
+    }
     base.update(kw)
     return json.dumps(base)
 
 
 def _if_labels() -> list[str]:
-    ids = lambda *pairs: json.dumps({"instruction_id": [p[0] for p in pairs], "kwargs": [p[1] for p in pairs]})  # noqa: E731
+    def ids(*pairs):
+        return json.dumps({"instruction_id": [p[0] for p in pairs], "kwargs": [p[1] for p in pairs]})
+
     return [
-        _tulu("validate_lowercase"), _tulu("validate_uppercase"), _tulu("validate_no_commas"),
-        _tulu("verify_keywords", keyword_list=["river", "bridge"]), _tulu("validate_word_constraint", N=40,
-                                                                           quantifier="at least"),
-        _tulu("verify_sentence_constraint", N=5, quantifier="at most"), _tulu("validate_end", end_phrase="Any questions?"),
-        _tulu("verify_bullet_points", N=3), _tulu("validate_title"), _tulu("validate_highlighted_sections", N=2),
-        _tulu("verify_paragraph_count", N=2), _tulu("validate_placeholders", N=1), _tulu("validate_quotation"),
-        _tulu("verify_postscript", postscript_marker="P.S."), _tulu("validate_response_language", language="en"),
-        _tulu("verify_keyword_frequency", word="river", N=2), _tulu("validate_forbidden_words", forbidden_words=["car"]),
-        _tulu("verify_letter_frequency", letter="z", N=0), _tulu("validate_two_responses"),
-        _tulu("validate_json_format"), _tulu("validate_frequency_capital_words", N=3, quantifier="at least"),
+        _tulu("validate_lowercase"),
+        _tulu("validate_uppercase"),
+        _tulu("validate_no_commas"),
+        _tulu("verify_keywords", keyword_list=["river", "bridge"]),
+        _tulu("validate_word_constraint", N=40, quantifier="at least"),
+        _tulu("verify_sentence_constraint", N=5, quantifier="at most"),
+        _tulu("validate_end", end_phrase="Any questions?"),
+        _tulu("verify_bullet_points", N=3),
+        _tulu("validate_title"),
+        _tulu("validate_highlighted_sections", N=2),
+        _tulu("verify_paragraph_count", N=2),
+        _tulu("validate_placeholders", N=1),
+        _tulu("validate_quotation"),
+        _tulu("verify_postscript", postscript_marker="P.S."),
+        _tulu("validate_response_language", language="en"),
+        _tulu("verify_keyword_frequency", word="river", N=2),
+        _tulu("validate_forbidden_words", forbidden_words=["car"]),
+        _tulu("verify_letter_frequency", letter="z", N=0),
+        _tulu("validate_two_responses"),
+        _tulu("validate_json_format"),
+        _tulu("validate_frequency_capital_words", N=3, quantifier="at least"),
         _tulu("validate_sections", N=2, section_splitter="Section"),
         _tulu("validate_paragraphs", N=2, first_word="the", i=1),
-        ids(("punctuation:no_comma", {}), ("length_constraints:number_words", {"num_words": 30, "relation": "at least"})),
-        ids(("change_case:english_lowercase", {}),), ids(("detectable_format:title", {}),
-                                                        ("startend:end_checker", {"end_phrase": "Any questions?"})),
-        ids(("keywords:existence", {"keywords": ["mill"]}), ("keywords:forbidden_words", {"forbidden_words": ["car"]})),
-        ids(("length_constraints:number_sentences", {"num_sentences": 4, "relation": "less than"}),),
-        ids(("detectable_format:number_bullet_lists", {"num_bullets": 3}),
-            ("detectable_content:postscript", {"postscript_marker": "P.S."})),
-        ids(("language:response_language", {"language": "en"}),),
+        ids(
+            ("punctuation:no_comma", {}),
+            ("length_constraints:number_words", {"num_words": 30, "relation": "at least"}),
+        ),
+        ids(
+            ("change_case:english_lowercase", {}),
+        ),
+        ids(("detectable_format:title", {}), ("startend:end_checker", {"end_phrase": "Any questions?"})),
+        ids(
+            ("keywords:existence", {"keywords": ["mill"]}),
+            ("keywords:forbidden_words", {"forbidden_words": ["car"]}),
+        ),
+        ids(
+            ("length_constraints:number_sentences", {"num_sentences": 4, "relation": "less than"}),
+        ),
+        ids(
+            ("detectable_format:number_bullet_lists", {"num_bullets": 3}),
+            ("detectable_content:postscript", {"postscript_marker": "P.S."}),
+        ),
+        ids(
+            ("language:response_language", {"language": "en"}),
+        ),
     ]
 
 
@@ -203,8 +253,12 @@ def run(n: int = 2000, repeats: int = 3, seed: int = 0) -> list[dict]:
     warm_math()
     warm_langdetect()
     rng = random.Random(seed)
-    sets = {"gsm8k": _gsm8k_rows(rng, n), "math": _math_rows(rng, n), "ifeval": _if_rows(rng, n),
-            "string_match": _string_rows(rng, n)}
+    sets = {
+        "gsm8k": _gsm8k_rows(rng, n),
+        "math": _math_rows(rng, n),
+        "ifeval": _if_rows(rng, n),
+        "string_match": _string_rows(rng, n),
+    }
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     rows = []
     try:
@@ -213,9 +267,17 @@ def run(n: int = 2000, repeats: int = 3, seed: int = 0) -> list[dict]:
         for name, data in sets.items():
             value, wall = _throughput(get_reward(name), data, repeats)
             target = TARGETS[name]
-            rows.append({"stage": "rewards", "metric": f"{name} completions/s (1 core)", "value": value,
-                         "unit": "completions/s", "target": f"> {target:,}", "ok": value > target,
-                         "wall_value": wall})
+            rows.append(
+                {
+                    "stage": "rewards",
+                    "metric": f"{name} completions/s (1 core)",
+                    "value": value,
+                    "unit": "completions/s",
+                    "target": f"> {target:,}",
+                    "ok": value > target,
+                    "wall_value": wall,
+                }
+            )
     finally:
         if affinity:
             os.sched_setaffinity(0, affinity)
@@ -227,7 +289,9 @@ def print_table(rows: list[dict]) -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         name = r["metric"].split(" ")[0]
-        print(f"| {name} | {r['value']:,.0f} | {r['wall_value']:,.0f} | {r['target']} | {'yes' if r['ok'] else 'NO'} |")
+        print(
+            f"| {name} | {r['value']:,.0f} | {r['wall_value']:,.0f} | {r['target']} | {'yes' if r['ok'] else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,18 @@ from .runner import RewardRunner, ScoreBatch, VerifierStats
 from .user_rewards import load_user_rewards
 
 __all__ = [
-    "Outcome", "RewardError", "RewardInputError", "RewardResult", "RewardRunner", "RewardSpec", "ScoreBatch",
-    "UnknownRewardError", "VerifierStats", "get_reward", "get_spec", "list_rewards", "load_user_rewards",
+    "Outcome",
+    "RewardError",
+    "RewardInputError",
+    "RewardResult",
+    "RewardRunner",
+    "RewardSpec",
+    "ScoreBatch",
+    "UnknownRewardError",
+    "VerifierStats",
+    "get_reward",
+    "get_spec",
+    "list_rewards",
+    "load_user_rewards",
     "register",
 ]

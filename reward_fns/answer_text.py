@@ -19,7 +19,7 @@ def answer_text(completion: str) -> str:
         completion = "" if completion is None else str(completion)
     close = completion.rfind(_CLOSE)
     if close >= 0:
-        return completion[close + len(_CLOSE):]
+        return completion[close + len(_CLOSE) :]
     if _OPEN in completion:
         return ""
     return completion

@@ -25,36 +25,54 @@ CASES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases")
 
 
 def add_rewards_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("rewards", help="list, run and check reward functions",
-                              description="List the registered rewards, score a JSONL file, or check a reward "
-                                          "against golden cases and adversarial probes.")
+    p = subparsers.add_parser(
+        "rewards",
+        help="list, run and check reward functions",
+        description="List the registered rewards, score a JSONL file, or check a reward "
+        "against golden cases and adversarial probes.",
+    )
     sub = p.add_subparsers(dest="rewards_command", required=True, metavar="{list,score,check}")
 
     lp = sub.add_parser("list", help="registered rewards and what they check")
     _module_arg(lp)
     lp.set_defaults(func=list_command)
 
-    sp = sub.add_parser("score", help="score completions from a JSONL file; prints the lines with a score added")
-    sp.add_argument("--input", required=True, help="JSONL: completion, ground_truth, dataset[, prompt] per line")
+    sp = sub.add_parser(
+        "score", help="score completions from a JSONL file; prints the lines with a score added"
+    )
+    sp.add_argument(
+        "--input", required=True, help="JSONL: completion, ground_truth, dataset[, prompt] per line"
+    )
     _module_arg(sp)
-    sp.add_argument("--timeout", type=float, default=10.0, help="per-sample time limit in seconds (default 10)")
+    sp.add_argument(
+        "--timeout", type=float, default=10.0, help="per-sample time limit in seconds (default 10)"
+    )
     sp.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 2)")
     sp.set_defaults(func=score_command)
 
     cp = sub.add_parser("check", help="run a reward on golden cases plus adversarial probes and report")
     cp.add_argument("name", help="reward name")
-    cp.add_argument("--cases", help="JSONL: completion, ground_truth, expected[, prompt] per line "
-                                    "(default: the shipped cases for a built-in)")
+    cp.add_argument(
+        "--cases",
+        help="JSONL: completion, ground_truth, expected[, prompt] per line "
+        "(default: the shipped cases for a built-in)",
+    )
     _module_arg(cp)
-    cp.add_argument("--timeout", type=float, default=10.0, help="per-sample time limit in seconds (default 10)")
+    cp.add_argument(
+        "--timeout", type=float, default=10.0, help="per-sample time limit in seconds (default 10)"
+    )
     cp.set_defaults(func=check_command)
     return p
 
 
 def _module_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reward-module", action="append", default=[], metavar="SPEC",
-                   help="user reward: path/to/file.py:function, package.module:function, or name=SPEC "
-                        "(repeatable)")
+    p.add_argument(
+        "--reward-module",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="user reward: path/to/file.py:function, package.module:function, or name=SPEC (repeatable)",
+    )
 
 
 # ------------------------------------------------------------------------------------------ list
@@ -83,7 +101,9 @@ def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
             except ValueError as e:
                 raise RewardInputError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise RewardInputError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+                raise RewardInputError(
+                    f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}"
+                )
             missing = [k for k in required if k not in row]
             if missing:
                 raise RewardInputError(f"{path} line {lineno}: missing field {', '.join(missing)}")
@@ -105,15 +125,21 @@ def score_command(args: argparse.Namespace) -> int:
     known = set(registry.registered_names())
     for row in rows:
         if not isinstance(row["dataset"], str) or registry.canonical_name(row["dataset"]) not in known:
-            raise UnknownRewardError(f"{args.input} line {row['_line']}: no reward registered for dataset "
-                                     f"{row['dataset']!r}; known rewards: {', '.join(sorted(known))}")
+            raise UnknownRewardError(
+                f"{args.input} line {row['_line']}: no reward registered for dataset "
+                f"{row['dataset']!r}; known rewards: {', '.join(sorted(known))}"
+            )
     with RewardRunner(timeout_s=args.timeout, num_workers=args.workers) as runner:
         chunk = 512
         totals: dict[str, list[float]] = {}
         for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            batch = runner.score([r["completion"] for r in part], [r["ground_truth"] for r in part],
-                                 [r["dataset"] for r in part], prompts=[r.get("prompt") for r in part])
+            part = rows[start : start + chunk]
+            batch = runner.score(
+                [r["completion"] for r in part],
+                [r["ground_truth"] for r in part],
+                [r["dataset"] for r in part],
+                prompts=[r.get("prompt") for r in part],
+            )
             for row, score, status, message in zip(part, batch.scores, batch.statuses, batch.messages):
                 row.pop("_line")
                 row["score"] = score
@@ -176,8 +202,10 @@ def check_command(args: argparse.Namespace) -> int:
         failed += not ok
         note = c.get("note") or _clip(c["completion"])
         extra = f" [{status}: {batch.messages[i]}]" if status != "ok" else ""
-        print(f"  {'PASS' if ok else 'FAIL'}  line {c['_line']:>3}  expected {float(c['expected']):g}  "
-              f"got {got:g}{extra}  {note}")
+        print(
+            f"  {'PASS' if ok else 'FAIL'}  line {c['_line']:>3}  expected {float(c['expected']):g}  "
+            f"got {got:g}{extra}  {note}"
+        )
     print("adversarial probes (label of the first case):")
     for j, (what, _) in enumerate(probes):
         i = n + j
@@ -189,13 +217,19 @@ def check_command(args: argparse.Namespace) -> int:
     timeouts = sum(s == "timeout" for s in batch.statuses)
     junk = sum(s == "junk" for s in batch.statuses)
     variance = statistics.pvariance(golden_scores) if n > 1 else 0.0
-    print(f"summary: {n - failed}/{n} golden cases pass; errors {errors}, timeouts {timeouts}, junk {junk} "
-          f"(over cases and probes)")
-    print(f"latency: mean {1000 * statistics.fmean(lat):.2f} ms, p95 {1000 * _p95(lat):.2f} ms per completion")
+    print(
+        f"summary: {n - failed}/{n} golden cases pass; errors {errors}, timeouts {timeouts}, junk {junk} "
+        f"(over cases and probes)"
+    )
+    print(
+        f"latency: mean {1000 * statistics.fmean(lat):.2f} ms, p95 {1000 * _p95(lat):.2f} ms per completion"
+    )
     print(f"score over golden cases: mean {statistics.fmean(golden_scores):.3f}, variance {variance:.4f}")
     if n < 2 or max(golden_scores) == min(golden_scores):
-        print(f"WARNING: the reward is constant ({golden_scores[0]:g}) over the golden cases: "
-              "constant reward gives no learning signal")
+        print(
+            f"WARNING: the reward is constant ({golden_scores[0]:g}) over the golden cases: "
+            "constant reward gives no learning signal"
+        )
     return 1 if failed else 0
 
 

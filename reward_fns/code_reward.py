@@ -68,7 +68,12 @@ def parse_code_label(label) -> tuple[str, list[str], list[str] | None, bool]:
         raise ValueError("code label must be a non-empty list of tests")
     if all(isinstance(t, dict) for t in label):
         try:
-            return ("stdio", [str(t["input"]) for t in label], [str(t["output"]) for t in label], all_or_nothing)
+            return (
+                "stdio",
+                [str(t["input"]) for t in label],
+                [str(t["output"]) for t in label],
+                all_or_nothing,
+            )
         except KeyError as e:
             raise ValueError(f"code stdio test is missing {e.args[0]!r}") from None
     return "asserts", [str(t) for t in label], None, all_or_nothing
@@ -84,8 +89,12 @@ def outputs_match(got: str, expected: str) -> bool:
     return lines(got) == lines(expected) or got.split() == expected.split()
 
 
-@register("code", description="runs the last ```python block against the label's tests in a sandbox; "
-          "score = fraction passed", timeout_s=DEFAULT_LIMITS.wall_s + 5.0)
+@register(
+    "code",
+    description="runs the last ```python block against the label's tests in a sandbox; "
+    "score = fraction passed",
+    timeout_s=DEFAULT_LIMITS.wall_s + 5.0,
+)
 def code_reward(completion: str, ground_truth) -> RewardResult:
     mode, tests, expected, all_or_nothing = parse_code_label(ground_truth)
     code = last_python_block(answer_text(completion))

@@ -48,8 +48,11 @@ def numbers_equal(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
-@register("gsm8k", description="GSM8K: last number in the answer (commas dropped) equals the label numerically",
-          in_process=True)
+@register(
+    "gsm8k",
+    description="GSM8K: last number in the answer (commas dropped) equals the label numerically",
+    in_process=True,
+)
 def gsm8k_reward(completion: str, ground_truth) -> RewardResult:
     gold = label_number(ground_truth)
     found = last_number(answer_text(completion))

@@ -38,7 +38,7 @@ def _balanced_group(text: str, open_at: int) -> str | None:
         elif tok == "}":
             depth -= 1
             if depth == 0:
-                return text[open_at + 1:m.start()]
+                return text[open_at + 1 : m.start()]
     return None
 
 
@@ -60,7 +60,7 @@ def last_boxed(text: str, tries: int = 3) -> str | None:
                 return content
         elif i > start + cmd_len:
             # "\boxed 5": the token after the space.
-            m = re.match(r"[^\s$]+", text[i:i + MAX_ANSWER_CHARS])
+            m = re.match(r"[^\s$]+", text[i : i + MAX_ANSWER_CHARS])
             if m:
                 return m.group(0)
         end = start
@@ -78,7 +78,7 @@ def minerva_answer(text: str, strict: bool = False) -> str | None:
         found = last_match(_LOOSE_MINERVA, text)
         if found is None:
             return None
-        rest = text[found.end():]
+        rest = text[found.end() :]
         line = rest.split("\n", 1)[0]
         answer = _HOPE.split(line, 1)[0].strip()
     answer = answer.rstrip(".").strip()

@@ -22,22 +22,110 @@ from fractions import Fraction
 
 from .math_extract import last_boxed
 
-_UNITS = sorted({
-    "square", "sq", "ways", "integers", "dollars", "dollar", "cents", "cent", "mph", "inches", "inch",
-    "ft", "feet", "foot", "hours", "hour", "hrs", "minutes", "minute", "mins", "seconds", "second", "secs",
-    "days", "day", "weeks", "years", "year", "km", "kilometers", "meters", "meter", "metres", "cm",
-    "centimeters", "mm", "miles", "mile", "units", "unit", "points", "point", "digits", "degrees",
-    "degree", "gm", "grams", "kg", "pounds", "pound", "lbs", "ounces", "oz", "meals", "edges",
-    "students", "people", "multiples", "liters", "litres", "ml", "gallons", "cups", "pages", "apples",
-    "percent", "sqft", "cubic", "radians", "rad",
-}, key=len, reverse=True)
+_UNITS = sorted(
+    {
+        "square",
+        "sq",
+        "ways",
+        "integers",
+        "dollars",
+        "dollar",
+        "cents",
+        "cent",
+        "mph",
+        "inches",
+        "inch",
+        "ft",
+        "feet",
+        "foot",
+        "hours",
+        "hour",
+        "hrs",
+        "minutes",
+        "minute",
+        "mins",
+        "seconds",
+        "second",
+        "secs",
+        "days",
+        "day",
+        "weeks",
+        "years",
+        "year",
+        "km",
+        "kilometers",
+        "meters",
+        "meter",
+        "metres",
+        "cm",
+        "centimeters",
+        "mm",
+        "miles",
+        "mile",
+        "units",
+        "unit",
+        "points",
+        "point",
+        "digits",
+        "degrees",
+        "degree",
+        "gm",
+        "grams",
+        "kg",
+        "pounds",
+        "pound",
+        "lbs",
+        "ounces",
+        "oz",
+        "meals",
+        "edges",
+        "students",
+        "people",
+        "multiples",
+        "liters",
+        "litres",
+        "ml",
+        "gallons",
+        "cups",
+        "pages",
+        "apples",
+        "percent",
+        "sqft",
+        "cubic",
+        "radians",
+        "rad",
+    },
+    key=len,
+    reverse=True,
+)
 _UNIT_ALT = "|".join(re.escape(u) for u in _UNITS)
 # "<something ending in a digit or brace> [\text{] unit[^2|^3] [}]" at the very end of the answer.
 _TRAILING_UNIT = re.compile(
-    rf"^(.*?[\d}}])\s*(?:\\(?:text|mbox|mathrm)\s*\{{\s*)?(?:{_UNIT_ALT})(?:\s*\}})?(?:\^\{{?[23]\}}?)?(?:\s*\}})?\s*$")
-_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}")
-_DROP_TOKENS = ("\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ", "\\quad", "\\qquad",
-                "^{\\circ}", "^\\circ", "°", "\\%", "%", "\\$", "$", "~")
+    rf"^(.*?[\d}}])\s*(?:\\(?:text|mbox|mathrm)\s*\{{\s*)?(?:{_UNIT_ALT})(?:\s*\}})?(?:\^\{{?[23]\}}?)?(?:\s*\}})?\s*$"
+)
+_TEXT_WRAPPER = re.compile(
+    r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}"
+)
+_DROP_TOKENS = (
+    "\\left",
+    "\\right",
+    "\\displaystyle",
+    "\\!",
+    "\\,",
+    "\\;",
+    "\\:",
+    "\\ ",
+    "\\quad",
+    "\\qquad",
+    "^{\\circ}",
+    "^\\circ",
+    "°",
+    "\\%",
+    "%",
+    "\\$",
+    "$",
+    "~",
+)
 _COMMAND_SPACE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])")
 _SHORT_LHS = re.compile(r"^(?:[A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)$")
 _FRAC_TWO_DIGITS = re.compile(r"\\frac(\d)(\d)")
@@ -47,8 +135,7 @@ _SQRT_SHORT = re.compile(r"\\sqrt(\w)")
 _THOUSANDS_ONLY = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _TRAILING_ZEROS = re.compile(r"(?<![\d.])(\d+)\.0+(?!\d)")
 _LEADING_DOT = re.compile(r"(?<![\d}])\.(\d)")
-_SIMPLE_NUMBER = re.compile(
-    r"^([-+]?)(?:(\d+)(?:\.(\d+))?|\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))$")
+_SIMPLE_NUMBER = re.compile(r"^([-+]?)(?:(\d+)(?:\.(\d+))?|\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))$")
 _CHOICE = re.compile(r"^\(([A-Za-z])\)$")
 _WORDS = re.compile(r"^[A-Za-z][A-Za-z ]+$")
 
@@ -57,7 +144,7 @@ def _strip_delimiters(s: str) -> str:
     s = s.strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
-            s = s[len(left):len(s) - len(right)].strip()
+            s = s[len(left) : len(s) - len(right)].strip()
     return s
 
 

@@ -120,13 +120,22 @@ def strict_math_fast_path(completion: str, ground_truth) -> RewardResult | None:
     return _decide_fast(completion, ground_truth, strict=True)[0]
 
 
-@register("math", description="MATH: last \\boxed{} / Minerva 'final answer is' / last $..$, normalised or "
-          "symbolically equal (math-verify) to the label", fast_path=math_fast_path, warmup=warmup)
+@register(
+    "math",
+    description="MATH: last \\boxed{} / Minerva 'final answer is' / last $..$, normalised or "
+    "symbolically equal (math-verify) to the label",
+    fast_path=math_fast_path,
+    warmup=warmup,
+)
 def math_reward(completion: str, ground_truth) -> RewardResult:
     return _score(completion, ground_truth, strict=False)
 
 
-@register("strict_math", description="MATH, answer only from 'Final Answer: The final answer is X. "
-          "I hope it is correct.'", fast_path=strict_math_fast_path, warmup=warmup)
+@register(
+    "strict_math",
+    description="MATH, answer only from 'Final Answer: The final answer is X. I hope it is correct.'",
+    fast_path=strict_math_fast_path,
+    warmup=warmup,
+)
 def strict_math_reward(completion: str, ground_truth) -> RewardResult:
     return _score(completion, ground_truth, strict=True)

@@ -41,8 +41,11 @@ def parse_length_label(label) -> tuple[int, str, str]:
     return int(label), unit, mode
 
 
-@register("max_length", description="1 within a length budget (label N tokens), falling linearly to 0 at 2N",
-          in_process=True)
+@register(
+    "max_length",
+    description="1 within a length budget (label N tokens), falling linearly to 0 at 2N",
+    in_process=True,
+)
 def max_length_reward(completion: str, ground_truth, token_ids: list[int] | None = None) -> RewardResult:
     limit, unit, mode = parse_length_label(ground_truth)
     completion = completion or ""

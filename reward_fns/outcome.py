@@ -53,8 +53,13 @@ def interpret(value: Any, seconds: float = 0.0) -> Outcome:
         return Outcome(NO_SCORE, 0.0, metadata, None, seconds)
     number = _as_number(value)
     if number is None:
-        return Outcome(JUNK, 0.0, metadata, f"returned {type(value).__name__}, not a number: {_short(repr(value))}",
-                       seconds)
+        return Outcome(
+            JUNK,
+            0.0,
+            metadata,
+            f"returned {type(value).__name__}, not a number: {_short(repr(value))}",
+            seconds,
+        )
     if not math.isfinite(number):
         return Outcome(JUNK, 0.0, metadata, f"returned {number}", seconds)
     return Outcome(OK, number, metadata, None, seconds)

@@ -66,8 +66,13 @@ class RewardSpec:
     timeout_s: float | None = None
     origin: str | None = None
 
-    def call_one(self, completion: str, ground_truth: Any, prompt: str | None = None,
-                 token_ids: list[int] | None = None) -> Any:
+    def call_one(
+        self,
+        completion: str,
+        ground_truth: Any,
+        prompt: str | None = None,
+        token_ids: list[int] | None = None,
+    ) -> Any:
         """Score one sample whatever the calling convention; returns the raw value (not validated)."""
         if self.batched:
             values = self.call_batch([completion], [ground_truth], [prompt], [token_ids], [self.name])
@@ -79,14 +84,27 @@ class RewardSpec:
             kwargs["token_ids"] = token_ids
         return self.fn(completion, ground_truth, **kwargs)
 
-    def call_batch(self, completions: list[str], ground_truths: list[Any], prompts: list[str | None],
-                   token_ids: list[list[int] | None], datasets: list[str]) -> list[Any]:
+    def call_batch(
+        self,
+        completions: list[str],
+        ground_truths: list[Any],
+        prompts: list[str | None],
+        token_ids: list[list[int] | None],
+        datasets: list[str],
+    ) -> list[Any]:
         """Score several samples; returns one raw value per sample (raises if the count is wrong)."""
         if not self.batched:
-            return [self.call_one(c, g, p, t) for c, g, p, t in zip(completions, ground_truths, prompts, token_ids)]
+            return [
+                self.call_one(c, g, p, t)
+                for c, g, p, t in zip(completions, ground_truths, prompts, token_ids)
+            ]
         # TRL passes dataset columns by their column names, plus `prompts` and `completion_ids`.
-        columns = {"prompts": prompts, "ground_truth": ground_truths, "dataset": datasets,
-                   "completion_ids": token_ids}
+        columns = {
+            "prompts": prompts,
+            "ground_truth": ground_truths,
+            "dataset": datasets,
+            "completion_ids": token_ids,
+        }
         kwargs = {k: v for k, v in columns.items() if k in self.passes}
         values = self.fn(completions=completions, **kwargs)
         if values is None or isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
@@ -121,20 +139,31 @@ def describe_signature(fn: Callable[..., Any]) -> tuple[bool, frozenset[str]]:
     wanted = _BATCH_COLUMNS if batched else _PER_SAMPLE_OPTIONAL
     passes = frozenset(n for n in wanted if var_kw or n in params)
     if not batched:
-        positional = [p for p in params.values()
-                      if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        positional = [
+            p
+            for p in params.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
         has_varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
         if len(positional) < 2 and not has_varargs:
             raise TypeError(
                 f"reward {getattr(fn, '__name__', fn)!r} must take (completion, ground_truth, ...) "
-                "or be a TRL-style batch function with a `completions` parameter")
+                "or be a TRL-style batch function with a `completions` parameter"
+            )
     return batched, passes
 
 
-def add_reward(name: str, fn: Callable[..., Any], description: str | None = None, *,
-               in_process: bool = False, fast_path: Callable[..., Any] | None = None,
-               warmup: Callable[[], Any] | None = None, timeout_s: float | None = None,
-               origin: str | None = None) -> RewardSpec:
+def add_reward(
+    name: str,
+    fn: Callable[..., Any],
+    description: str | None = None,
+    *,
+    in_process: bool = False,
+    fast_path: Callable[..., Any] | None = None,
+    warmup: Callable[[], Any] | None = None,
+    timeout_s: float | None = None,
+    origin: str | None = None,
+) -> RewardSpec:
     """Register ``fn`` under ``name`` (the non-decorator form of :func:`register`)."""
     key = canonical_name(name)
     if not key:
@@ -145,19 +174,38 @@ def add_reward(name: str, fn: Callable[..., Any], description: str | None = None
         description = doc.strip().splitlines()[0] if doc.strip() else ""
     if origin is None:
         origin = _guess_origin(fn)
-    spec = RewardSpec(name=key, fn=fn, description=description, batched=batched, passes=passes,
-                      in_process=in_process, fast_path=fast_path, warmup=warmup, timeout_s=timeout_s,
-                      origin=origin)
+    spec = RewardSpec(
+        name=key,
+        fn=fn,
+        description=description,
+        batched=batched,
+        passes=passes,
+        in_process=in_process,
+        fast_path=fast_path,
+        warmup=warmup,
+        timeout_s=timeout_s,
+        origin=origin,
+    )
     old = _REGISTRY.get(key)
-    if old is not None and old.fn is not fn and getattr(old.fn, "__qualname__", None) != getattr(fn, "__qualname__", None):
+    if (
+        old is not None
+        and old.fn is not fn
+        and getattr(old.fn, "__qualname__", None) != getattr(fn, "__qualname__", None)
+    ):
         log.info("reward %r re-registered (%s replaces %s)", key, _fn_label(fn), _fn_label(old.fn))
     _REGISTRY[key] = spec
     return spec
 
 
-def register(name: str, description: str | None = None, *, in_process: bool = False,
-             fast_path: Callable[..., Any] | None = None, warmup: Callable[[], Any] | None = None,
-             timeout_s: float | None = None):
+def register(
+    name: str,
+    description: str | None = None,
+    *,
+    in_process: bool = False,
+    fast_path: Callable[..., Any] | None = None,
+    warmup: Callable[[], Any] | None = None,
+    timeout_s: float | None = None,
+):
     """Decorator: ``@register("gsm8k", description="...")`` registers a function or class instance.
 
     A decorated class is instantiated once with no arguments (its ``__call__`` is the reward).
@@ -167,8 +215,15 @@ def register(name: str, description: str | None = None, *, in_process: bool = Fa
 
     def decorate(obj):
         fn = obj() if inspect.isclass(obj) else obj
-        add_reward(name, fn, description, in_process=in_process, fast_path=fast_path, warmup=warmup,
-                   timeout_s=timeout_s)
+        add_reward(
+            name,
+            fn,
+            description,
+            in_process=in_process,
+            fast_path=fast_path,
+            warmup=warmup,
+            timeout_s=timeout_s,
+        )
         return obj
 
     return decorate

@@ -107,7 +107,16 @@ class ScoreBatch:
         total = VerifierStats()
         for name, st in sorted(self.stats.items()):
             out.update(_stat_metrics(f"{prefix}/{name}", st))
-            for f in ("count", "score_sum", "full_marks", "errors", "timeouts", "junk", "no_score", "seconds"):
+            for f in (
+                "count",
+                "score_sum",
+                "full_marks",
+                "errors",
+                "timeouts",
+                "junk",
+                "no_score",
+                "seconds",
+            ):
                 setattr(total, f, getattr(total, f) + getattr(st, f))
         if self.stats:
             out.update(_stat_metrics(f"{prefix}/all", total))
@@ -116,8 +125,12 @@ class ScoreBatch:
 
 def _stat_metrics(key: str, st: VerifierStats) -> dict[str, float]:
     return {
-        f"{key}/mean": st.mean, f"{key}/accuracy": st.accuracy, f"{key}/count": st.count,
-        f"{key}/errors": st.errors, f"{key}/timeouts": st.timeouts, f"{key}/junk": st.junk,
+        f"{key}/mean": st.mean,
+        f"{key}/accuracy": st.accuracy,
+        f"{key}/count": st.count,
+        f"{key}/errors": st.errors,
+        f"{key}/timeouts": st.timeouts,
+        f"{key}/junk": st.junk,
         f"{key}/no_score": st.no_score,
         f"{key}/latency_ms": 1000.0 * st.seconds / st.count if st.count else 0.0,
     }
@@ -155,10 +168,17 @@ class RewardRunner:
     memory_limit_mb: address-space limit (RLIMIT_AS) of each worker.
     """
 
-    def __init__(self, timeout_s: float = 10.0, num_workers: int | None = None,
-                 extra_modules: Sequence[str] = (), memory_limit_mb: int | None = 8192,
-                 timeouts: dict[str, float] | None = None, chunk_size: int = 32,
-                 startup_timeout_s: float = 60.0, warn_failure_fraction: float = 0.5):
+    def __init__(
+        self,
+        timeout_s: float = 10.0,
+        num_workers: int | None = None,
+        extra_modules: Sequence[str] = (),
+        memory_limit_mb: int | None = 8192,
+        timeouts: dict[str, float] | None = None,
+        chunk_size: int = 32,
+        startup_timeout_s: float = 60.0,
+        warn_failure_fraction: float = 0.5,
+    ):
         if timeout_s <= 0:
             raise RewardInputError(f"timeout_s must be positive, got {timeout_s}")
         self.timeout_s = float(timeout_s)
@@ -178,14 +198,23 @@ class RewardRunner:
         self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
 
     # ----------------------------------------------------------------------------------- public API
-    def score(self, completions: Sequence[str], ground_truths: Sequence[Any], datasets: Sequence[str],
-              prompts: Sequence[str | None] | None = None,
-              token_ids: Sequence[list[int] | None] | None = None) -> ScoreBatch:
+    def score(
+        self,
+        completions: Sequence[str],
+        ground_truths: Sequence[Any],
+        datasets: Sequence[str],
+        prompts: Sequence[str | None] | None = None,
+        token_ids: Sequence[list[int] | None] | None = None,
+    ) -> ScoreBatch:
         n = len(completions)
         prompts = list(prompts) if prompts is not None else [None] * n
         token_ids = list(token_ids) if token_ids is not None else [None] * n
-        for what, seq in (("ground_truths", ground_truths), ("datasets", datasets), ("prompts", prompts),
-                          ("token_ids", token_ids)):
+        for what, seq in (
+            ("ground_truths", ground_truths),
+            ("datasets", datasets),
+            ("prompts", prompts),
+            ("token_ids", token_ids),
+        ):
             if len(seq) != n:
                 raise RewardInputError(f"{what} has {len(seq)} entries for {n} completions")
         specs = self._resolve(datasets)
@@ -198,13 +227,20 @@ class RewardRunner:
                 spec = specs[i]
                 args = (completions[i], ground_truths[i], prompts[i], token_ids[i])
                 if spec.in_process or self.num_workers == 0 or spec.origin is None:
-                    if spec.origin is None and not spec.in_process and self.num_workers and \
-                            spec.name not in self._warned_in_process:
+                    if (
+                        spec.origin is None
+                        and not spec.in_process
+                        and self.num_workers
+                        and spec.name not in self._warned_in_process
+                    ):
                         self._warned_in_process.add(spec.name)
-                        log.warning("reward %r was registered from code a worker process cannot import "
-                                    "(a lambda, closure or interactive session); it runs in this process "
-                                    "WITHOUT a time or memory limit. Put it in a file and load it with "
-                                    "load_user_rewards / --reward-module to contain it.", spec.name)
+                        log.warning(
+                            "reward %r was registered from code a worker process cannot import "
+                            "(a lambda, closure or interactive session); it runs in this process "
+                            "WITHOUT a time or memory limit. Put it in a file and load it with "
+                            "load_user_rewards / --reward-module to contain it.",
+                            spec.name,
+                        )
                     outcomes[i] = _call_here(spec, *args)
                     continue
                 if spec.fast_path is not None:
@@ -265,7 +301,7 @@ class RewardRunner:
             # Chunks small enough that every worker gets some, large enough to amortise the pipe.
             size = max(1, min(self.chunk_size, -(-len(items) // workers)))
             for start in range(0, len(items), size):
-                tasks.append(_Task(name, items[start:start + size], spec.batched, self._timeout_for(spec)))
+                tasks.append(_Task(name, items[start : start + size], spec.batched, self._timeout_for(spec)))
         return tasks
 
     def _run_contained(self, contained: dict[str, list[tuple]]) -> dict[int, Outcome]:
@@ -290,7 +326,9 @@ class RewardRunner:
                     continue
                 break
             now = time.monotonic()
-            ready = wait([w.recv_conn for w in waiting], timeout=max(0.0, min(w.deadline for w in waiting) - now))
+            ready = wait(
+                [w.recv_conn for w in waiting], timeout=max(0.0, min(w.deadline for w in waiting) - now)
+            )
             by_conn = {id(w.recv_conn): w for w in waiting}
             for conn in ready:
                 w = by_conn[id(conn)]
@@ -322,7 +360,7 @@ class RewardRunner:
                 tasks.clear()
                 for w in self._workers:
                     if w.state == "busy":
-                        for item in w.task.items[w.received:]:
+                        for item in w.task.items[w.received :]:
                             results.setdefault(item[0], Outcome(ERROR, message=message))
                 _stop_workers(self._workers)
                 break
@@ -361,13 +399,19 @@ class RewardRunner:
             return 1
         task = w.task
         if task.as_batch and len(task.items) > 1:
-            log.warning("reward %r: a batch call on %d samples passed its time limit; retrying them one by one",
-                        task.name, len(task.items))
+            log.warning(
+                "reward %r: a batch call on %d samples passed its time limit; retrying them one by one",
+                task.name,
+                len(task.items),
+            )
             self._requeue_rest(task, w.received, tasks)
         else:
             item = task.items[w.received]
-            results[item[0]] = Outcome(TIMEOUT, message=f"no result within {task.timeout_s:g} s; worker killed",
-                                       seconds=task.timeout_s)
+            results[item[0]] = Outcome(
+                TIMEOUT,
+                message=f"no result within {task.timeout_s:g} s; worker killed",
+                seconds=task.timeout_s,
+            )
             self._requeue_rest(task, w.received + 1, tasks)
         self._replace(w)
         return 0
@@ -400,30 +444,57 @@ class RewardRunner:
     def _start_worker(self) -> _Worker:
         parent_r, child_w = os.pipe()
         child_r, parent_w = os.pipe()
-        code = (f"import sys; sys.path.insert(0, {json.dumps(_PACKAGE_PARENT)}); "
-                f"from reward_fns.worker import main; main({child_r}, {child_w})")
+        code = (
+            f"import sys; sys.path.insert(0, {json.dumps(_PACKAGE_PARENT)}); "
+            f"from reward_fns.worker import main; main({child_r}, {child_w})"
+        )
         try:
-            proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child_r, child_w), close_fds=True,
-                                    start_new_session=True, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                pass_fds=(child_r, child_w),
+                close_fds=True,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
         finally:
             os.close(child_r)
             os.close(child_w)
         w = _Worker(proc, Connection(parent_w, readable=False), Connection(parent_r, writable=False))
         w.deadline = time.monotonic() + self.startup_timeout_s
-        user = [(name, spec.origin) for name, spec in registry._REGISTRY.items()
-                if spec.origin not in (None, "builtin")]
-        warm = [name for name in sorted(self._used) if name in registry._REGISTRY
-                and registry._REGISTRY[name].warmup is not None]
-        w.send_conn.send({"sys_path": [p for p in sys.path if p], "memory_limit_mb": self.memory_limit_mb,
-                          "user": user, "warm": warm})
+        user = [
+            (name, spec.origin)
+            for name, spec in registry._REGISTRY.items()
+            if spec.origin not in (None, "builtin")
+        ]
+        warm = [
+            name
+            for name in sorted(self._used)
+            if name in registry._REGISTRY and registry._REGISTRY[name].warmup is not None
+        ]
+        w.send_conn.send(
+            {
+                "sys_path": [p for p in sys.path if p],
+                "memory_limit_mb": self.memory_limit_mb,
+                "user": user,
+                "warm": warm,
+            }
+        )
         return w
 
     def _warn_failures(self, batch: ScoreBatch) -> None:
         for name, st in batch.stats.items():
             if st.count >= 2 and st.failures > self.warn_failure_fraction * st.count:
-                log.warning("REWARD %r FAILED ON %d OF %d SAMPLES (errors %d, timeouts %d, junk %d); they score 0. "
-                            "First: %s", name, st.failures, st.count, st.errors, st.timeouts, st.junk,
-                            st.first_error)
+                log.warning(
+                    "REWARD %r FAILED ON %d OF %d SAMPLES (errors %d, timeouts %d, junk %d); they score 0. "
+                    "First: %s",
+                    name,
+                    st.failures,
+                    st.count,
+                    st.errors,
+                    st.timeouts,
+                    st.junk,
+                    st.first_error,
+                )
 
 
 def _call_here(spec: registry.RewardSpec, completion, ground_truth, prompt, token_ids) -> Outcome:
@@ -450,9 +521,14 @@ def _assemble(outcomes: list[Outcome | None], specs: list[registry.RewardSpec]) 
     filled = [o if o is not None else Outcome(ERROR, message="not scored (internal error)") for o in outcomes]
     for o, spec in zip(filled, specs):
         stats.setdefault(spec.name, VerifierStats()).add(o)
-    return ScoreBatch(scores=[o.score if o.status == OK else 0.0 for o in filled],
-                      metadata=[o.metadata for o in filled], statuses=[o.status for o in filled],
-                      messages=[o.message for o in filled], seconds=[o.seconds for o in filled], stats=stats)
+    return ScoreBatch(
+        scores=[o.score if o.status == OK else 0.0 for o in filled],
+        metadata=[o.metadata for o in filled],
+        statuses=[o.status for o in filled],
+        messages=[o.message for o in filled],
+        seconds=[o.seconds for o in filled],
+        stats=stats,
+    )
 
 
 def _kill(w: _Worker) -> None:

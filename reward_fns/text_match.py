@@ -64,8 +64,11 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-@register("string_match", description="normalised exact match (lower-case, no punctuation/articles/extra spaces)",
-          in_process=True)
+@register(
+    "string_match",
+    description="normalised exact match (lower-case, no punctuation/articles/extra spaces)",
+    in_process=True,
+)
 def string_match_reward(completion: str, ground_truth) -> RewardResult:
     pred = normalize_answer(answer_text(completion))
     golds = gold_answers(ground_truth)
@@ -73,8 +76,9 @@ def string_match_reward(completion: str, ground_truth) -> RewardResult:
     return RewardResult(1.0 if hit else 0.0, {"normalized": pred[:200]})
 
 
-@register("f1", description="SQuAD token F1 between the answer and the best-matching label answer",
-          in_process=True)
+@register(
+    "f1", description="SQuAD token F1 between the answer and the best-matching label answer", in_process=True
+)
 def f1_reward(completion: str, ground_truth) -> RewardResult:
     pred = answer_text(completion)
     return RewardResult(max(token_f1(pred, g) for g in gold_answers(ground_truth)), {})

@@ -38,7 +38,9 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     """``"a/b.py:fn"`` -> ("a/b.py", "fn"); ``"pkg.mod"`` -> ("pkg.mod", None)."""
     spec = str(spec).strip()
     if not spec:
-        raise UnknownRewardError("empty reward spec; expected path/to/file.py:function or package.module:function")
+        raise UnknownRewardError(
+            "empty reward spec; expected path/to/file.py:function or package.module:function"
+        )
     target, sep, attr = spec.rpartition(":")
     if not sep:
         return spec, None
@@ -74,7 +76,9 @@ def _import_file(path: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as e:
         sys.modules.pop(mod_name, None)
-        raise RewardError(f"reward module {path!r} failed to import: {type(e).__name__}: {_one_line(e)}") from e
+        raise RewardError(
+            f"reward module {path!r} failed to import: {type(e).__name__}: {_one_line(e)}"
+        ) from e
     finally:
         if added:
             try:
@@ -90,9 +94,13 @@ def _import_module(name: str) -> ModuleType:
     except ModuleNotFoundError as e:
         if e.name and name.startswith(e.name):
             raise UnknownRewardError(f"reward module {name!r} not found") from e
-        raise RewardError(f"reward module {name!r} failed to import: {type(e).__name__}: {_one_line(e)}") from e
+        raise RewardError(
+            f"reward module {name!r} failed to import: {type(e).__name__}: {_one_line(e)}"
+        ) from e
     except Exception as e:
-        raise RewardError(f"reward module {name!r} failed to import: {type(e).__name__}: {_one_line(e)}") from e
+        raise RewardError(
+            f"reward module {name!r} failed to import: {type(e).__name__}: {_one_line(e)}"
+        ) from e
 
 
 def _one_line(e: BaseException) -> str:
@@ -123,10 +131,13 @@ def load_user_rewards(spec: str, name: str | None = None) -> list[str]:
         changed = list(_REGISTERED_BY_MODULE.get(origin_target, []))
     if attr is None:
         if name is not None:
-            raise UnknownRewardError(f"reward spec {spec!r} names no function, so it cannot be registered as {name!r}")
+            raise UnknownRewardError(
+                f"reward spec {spec!r} names no function, so it cannot be registered as {name!r}"
+            )
         if not changed:
             raise UnknownRewardError(
-                f"reward module {target!r} registered no rewards; name a function: {target}:function_name")
+                f"reward module {target!r} registered no rewards; name a function: {target}:function_name"
+            )
         return changed
     if not hasattr(module, attr):
         raise UnknownRewardError(f"reward module {target!r} has no attribute {attr!r}")

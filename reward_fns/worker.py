@@ -115,8 +115,13 @@ def serve(rconn: Connection, wconn: Connection) -> None:
         if spec.batched and as_batch:
             t0 = time.perf_counter()
             try:
-                values = spec.call_batch([i[1] for i in items], [i[2] for i in items], [i[3] for i in items],
-                                         [i[4] for i in items], [name] * len(items))
+                values = spec.call_batch(
+                    [i[1] for i in items],
+                    [i[2] for i in items],
+                    [i[3] for i in items],
+                    [i[4] for i in items],
+                    [name] * len(items),
+                )
                 per = (time.perf_counter() - t0) / len(items)
                 outcomes = [interpret(v, per) for v in values]
             except BaseException as e:  # noqa: BLE001
@@ -127,8 +132,9 @@ def serve(rconn: Connection, wconn: Connection) -> None:
         for index, completion, ground_truth, prompt, token_ids in items:
             t0 = time.perf_counter()
             try:
-                outcome = interpret(spec.call_one(completion, ground_truth, prompt, token_ids),
-                                    time.perf_counter() - t0)
+                outcome = interpret(
+                    spec.call_one(completion, ground_truth, prompt, token_ids), time.perf_counter() - t0
+                )
             except BaseException as e:  # noqa: BLE001 - a reward's failure is that sample's 0
                 outcome = error_outcome(e, time.perf_counter() - t0)
             _send(wconn, index, outcome)

@@ -74,8 +74,10 @@ def keywords_frequency(response: str, keyword, frequency, relation) -> bool:
 
 
 def keywords_forbidden_words(response: str, forbidden_words) -> bool:
-    return not any(re.search(r"\b" + re.escape(w) + r"\b", response, re.IGNORECASE)
-                   for w in as_list(forbidden_words, "forbidden_words"))
+    return not any(
+        re.search(r"\b" + re.escape(w) + r"\b", response, re.IGNORECASE)
+        for w in as_list(forbidden_words, "forbidden_words")
+    )
 
 
 def keywords_letter_frequency(response: str, letter, let_frequency, let_relation) -> bool:
@@ -184,8 +186,11 @@ def constrained_response(response: str) -> bool:
 
 def number_highlighted_sections(response: str, num_highlights) -> bool:
     count = sum(1 for h in re.findall(r"\*[^\n\*]*\*", response) if h.strip("*").strip())
-    count += sum(1 for h in re.findall(r"\*\*[^\n\*]*\*\*", response)
-                 if h.removeprefix("**").removesuffix("**").strip())
+    count += sum(
+        1
+        for h in re.findall(r"\*\*[^\n\*]*\*\*", response)
+        if h.removeprefix("**").removesuffix("**").strip()
+    )
     return count >= to_int(num_highlights, "num_highlights")
 
 
@@ -198,7 +203,7 @@ def json_format(response: str) -> bool:
     text = response.strip()
     for fence in ("```json", "```Json", "```JSON", "```"):
         if text.startswith(fence):
-            text = text[len(fence):]
+            text = text[len(fence) :]
             break
     text = text.removesuffix("```").strip()
     try:
@@ -214,7 +219,7 @@ def title(response: str) -> bool:
     for line in response.split("\n"):
         i = line.find("<<")
         j = line.rfind(">>")
-        if i >= 0 and j > i + 2 and line[i:j + 2].lstrip("<").rstrip(">").strip():
+        if i >= 0 and j > i + 2 and line[i : j + 2].lstrip("<").rstrip(">").strip():
             return True
     return False
 

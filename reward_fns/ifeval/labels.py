@@ -31,7 +31,9 @@ class Constraint:
     kwargs: tuple[tuple[str, Any], ...]
 
 
-_PARAMS = {fn: tuple(inspect.signature(fn).parameters)[1:] for fn in (*INSTRUCTIONS.values(), *FUNCTIONS.values())}
+_PARAMS = {
+    fn: tuple(inspect.signature(fn).parameters)[1:] for fn in (*INSTRUCTIONS.values(), *FUNCTIONS.values())
+}
 
 
 def _decode(text: str):
@@ -82,7 +84,9 @@ def _constraints(obj) -> list[Constraint]:
         elif isinstance(kwargs_list, dict):
             kwargs_list = [kwargs_list]
         if len(kwargs_list) != len(ids):
-            raise ValueError(f"ifeval label has {len(ids)} instruction ids but {len(kwargs_list)} kwargs objects")
+            raise ValueError(
+                f"ifeval label has {len(ids)} instruction ids but {len(kwargs_list)} kwargs objects"
+            )
         out = []
         for iid, kw in zip(ids, kwargs_list):
             fn = INSTRUCTIONS.get(str(iid))

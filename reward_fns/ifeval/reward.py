@@ -40,17 +40,27 @@ def score_constraints(completion: str, ground_truth, prompt: str | None, loose: 
     followed = []
     for c in constraints:
         followed.append(any(v.strip() and _call(c, v, prompt) for v in variants))
-    return RewardResult(sum(followed) / len(followed),
-                        {"constraints": [c.name for c in constraints], "followed": followed})
+    return RewardResult(
+        sum(followed) / len(followed), {"constraints": [c.name for c in constraints], "followed": followed}
+    )
 
 
-@register("ifeval", description="instruction following: fraction of the label's constraints met (Tülu 3 "
-          "func_name or IFEval instruction_id labels)", in_process=True, warmup=warmup)
+@register(
+    "ifeval",
+    description="instruction following: fraction of the label's constraints met (Tülu 3 "
+    "func_name or IFEval instruction_id labels)",
+    in_process=True,
+    warmup=warmup,
+)
 def ifeval_reward(completion: str, ground_truth, prompt: str | None = None) -> RewardResult:
     return score_constraints(completion, ground_truth, prompt, loose=False)
 
 
-@register("ifeval_loose", description="ifeval with IFEval's loose matching (first/last line and '*' "
-          "removed variants)", in_process=True, warmup=warmup)
+@register(
+    "ifeval_loose",
+    description="ifeval with IFEval's loose matching (first/last line and '*' removed variants)",
+    in_process=True,
+    warmup=warmup,
+)
 def ifeval_loose_reward(completion: str, ground_truth, prompt: str | None = None) -> RewardResult:
     return score_constraints(completion, ground_truth, prompt, loose=True)

@@ -24,12 +24,61 @@ import re
 
 _WORD = re.compile(r"\w+")
 _WORD_TOKEN = re.compile(r"\w+(?:['\u2019.\-]\w+)*\.?|[^\w\s]")
-_ABBREVIATIONS = frozenset({
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "eg", "ie", "inc", "ltd",
-    "co", "corp", "no", "vol", "fig", "approx", "dept", "est", "gen", "gov", "lt", "capt", "col", "sgt",
-    "mt", "ave", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
-    "a.m", "p.m", "u.s", "u.k", "ph.d", "cf", "al",
-})
+_ABBREVIATIONS = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "eg",
+        "ie",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "no",
+        "vol",
+        "fig",
+        "approx",
+        "dept",
+        "est",
+        "gen",
+        "gov",
+        "lt",
+        "capt",
+        "col",
+        "sgt",
+        "mt",
+        "ave",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+        "ph.d",
+        "cf",
+        "al",
+    }
+)
 _TITLES = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "mt", "capt", "col", "gen", "lt", "sgt", "gov"})
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
 # Candidate sentence ends: terminal punctuation, optional closing quotes/brackets, then whitespace or end.
@@ -72,7 +121,11 @@ def _is_boundary(text: str, end_match: re.Match) -> bool:
         return not following.islower()
     m = _WORD_BEFORE.search(text, max(0, end_match.start() - 20), end_match.start())
     word = m.group(1).lower() if m else ""
-    if word in _TITLES or (len(word) == 1 and word.isalpha()) or word in ("e.g", "i.e", "eg", "ie", "vs", "cf"):
+    if (
+        word in _TITLES
+        or (len(word) == 1 and word.isalpha())
+        or word in ("e.g", "i.e", "eg", "ie", "vs", "cf")
+    ):
         return False
     if word in _ABBREVIATIONS:
         return following.isupper()
@@ -84,7 +137,7 @@ def split_sentences(text: str) -> list[str]:
     last = 0
     for m in _END.finditer(text):
         if _is_boundary(text, m):
-            piece = text[last:m.end()].strip()
+            piece = text[last : m.end()].strip()
             if piece:
                 sentences.append(piece)
             last = m.end()

@@ -76,7 +76,9 @@ def verify_keyword_frequency(text: str, word, N) -> bool:
 
 def validate_forbidden_words(text: str, forbidden_words) -> bool:
     """None of the words appears as a whole word, ignoring case ("car" is not found in "scary")."""
-    return not any(_whole_word(w).search(text) for w in string_list(forbidden_words, "forbidden_words") if w.strip())
+    return not any(
+        _whole_word(w).search(text) for w in string_list(forbidden_words, "forbidden_words") if w.strip()
+    )
 
 
 def verify_letter_frequency(text: str, letter, N) -> bool:
@@ -137,7 +139,7 @@ def verify_postscript(text: str, postscript_marker) -> bool:
     """The marker (e.g. ``P.S.``) appears and some text follows it."""
     marker = str(postscript_marker).strip()
     at = text.rfind(marker)
-    return bool(marker) and at >= 0 and bool(text[at + len(marker):].strip())
+    return bool(marker) and at >= 0 and bool(text[at + len(marker) :].strip())
 
 
 def validate_placeholders(text: str, N) -> bool:
@@ -191,7 +193,7 @@ def validate_sections(text: str, N, section_splitter) -> bool:
         raise ValueError("section_splitter must not be empty")
     header = re.compile(r"^[^\S\n]*[#*]*[^\S\n]*" + re.escape(splitter) + r"\b", re.MULTILINE)
     starts = [m.start() for m in header.finditer(text)]
-    if not starts or text[:starts[0]].strip():
+    if not starts or text[: starts[0]].strip():
         return False
     return len(starts) == to_int(N, "N")
 
@@ -254,11 +256,33 @@ def validate_no_commas(text: str) -> bool:
     return "," not in text
 
 
-FUNCTIONS: dict[str, Callable[..., bool]] = {f.__name__: f for f in (
-    verify_keywords, verify_keyword_frequency, validate_forbidden_words, verify_letter_frequency,
-    validate_response_language, verify_paragraph_count, validate_word_constraint, verify_sentence_constraint,
-    validate_paragraphs, verify_postscript, validate_placeholders, verify_bullet_points, validate_title,
-    validate_choice, validate_highlighted_sections, validate_sections, validate_json_format,
-    validate_repeat_prompt, validate_two_responses, validate_uppercase, validate_lowercase,
-    validate_frequency_capital_words, validate_end, validate_quotation, validate_no_commas,
-)}
+FUNCTIONS: dict[str, Callable[..., bool]] = {
+    f.__name__: f
+    for f in (
+        verify_keywords,
+        verify_keyword_frequency,
+        validate_forbidden_words,
+        verify_letter_frequency,
+        validate_response_language,
+        verify_paragraph_count,
+        validate_word_constraint,
+        verify_sentence_constraint,
+        validate_paragraphs,
+        verify_postscript,
+        validate_placeholders,
+        verify_bullet_points,
+        validate_title,
+        validate_choice,
+        validate_highlighted_sections,
+        validate_sections,
+        validate_json_format,
+        validate_repeat_prompt,
+        validate_two_responses,
+        validate_uppercase,
+        validate_lowercase,
+        validate_frequency_capital_words,
+        validate_end,
+        validate_quotation,
+        validate_no_commas,
+    )
+}

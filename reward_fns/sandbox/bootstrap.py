@@ -112,12 +112,22 @@ def setup_filesystem(scratch, cfg, measures, owner):
         measures["private_proc"] = f"failed ({_errno_text(ctypes)})"
 
     class MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+        _fields_ = [
+            ("attr_set", ctypes.c_uint64),
+            ("attr_clr", ctypes.c_uint64),
+            ("propagation", ctypes.c_uint64),
+            ("userns_fd", ctypes.c_uint64),
+        ]
 
     attr = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
-    rc = libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(-100), ctypes.c_char_p(b"/"),
-                      ctypes.c_uint(0x8000), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    rc = libc.syscall(
+        ctypes.c_long(SYS_MOUNT_SETATTR),
+        ctypes.c_int(-100),
+        ctypes.c_char_p(b"/"),
+        ctypes.c_uint(0x8000),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
     if rc == 0:
         measures["read_only_root"] = True
     else:
@@ -143,7 +153,9 @@ def set_limits(cfg, measures):
     ok = {
         "cpu_s": cpu if _set_cpu(resource, cpu) else None,
         "memory_mb": cfg["memory_mb"] if limit("RLIMIT_AS", int(cfg["memory_mb"]) << 20) else None,
-        "file_size_mb": cfg["file_size_mb"] if limit("RLIMIT_FSIZE", int(cfg["file_size_mb"]) << 20) else None,
+        "file_size_mb": cfg["file_size_mb"]
+        if limit("RLIMIT_FSIZE", int(cfg["file_size_mb"]) << 20)
+        else None,
         "open_files": cfg["max_open_files"] if limit("RLIMIT_NOFILE", int(cfg["max_open_files"])) else None,
         "processes": cfg["max_processes"] if limit("RLIMIT_NPROC", int(cfg["max_processes"])) else None,
         "core": 0 if limit("RLIMIT_CORE", 0) else None,
@@ -163,7 +175,9 @@ def _set_cpu(resource, cpu):
 def _interpreter_world_readable():
     """Can an unprivileged uid import the standard library and site-packages? (Not when Python lives
     under a 0700 home directory such as /root.)"""
-    paths = [os.path.dirname(os.path.realpath(sys.executable))] + [p for p in sys.path if p and os.path.isdir(p)]
+    paths = [os.path.dirname(os.path.realpath(sys.executable))] + [
+        p for p in sys.path if p and os.path.isdir(p)
+    ]
     for path in paths:
         path = os.path.realpath(path)
         parts = path.split(os.sep)
@@ -202,8 +216,13 @@ def drop_privileges(cfg, scratch, measures, user_namespace, switch_uid):
     if os.geteuid() == 0:
         # Still (namespace-)root: give up every capability so mounts, limits and the uid stay as set.
         for cap in range(64):
-            libc.prctl(ctypes.c_int(PR_CAPBSET_DROP), ctypes.c_ulong(cap), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0))
+            libc.prctl(
+                ctypes.c_int(PR_CAPBSET_DROP),
+                ctypes.c_ulong(cap),
+                ctypes.c_ulong(0),
+                ctypes.c_ulong(0),
+                ctypes.c_ulong(0),
+            )
         number = SYS_CAPSET.get(os.uname().machine)
         if number is not None:
             header = (ctypes.c_uint32 * 2)(0x20080522, 0)
@@ -212,28 +231,78 @@ def drop_privileges(cfg, scratch, measures, user_namespace, switch_uid):
             measures["capabilities_dropped"] = ok if ok else f"failed ({_errno_text(ctypes)})"
         else:
             measures["capabilities_dropped"] = "unsupported architecture"
-    libc.prctl(ctypes.c_int(PR_SET_NO_NEW_PRIVS), ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0),
-               ctypes.c_ulong(0))
+    libc.prctl(
+        ctypes.c_int(PR_SET_NO_NEW_PRIVS),
+        ctypes.c_ulong(1),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
 
 
 def die_with_parent():
     ctypes, libc = _libc()
-    libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
-               ctypes.c_ulong(0), ctypes.c_ulong(0))
+    libc.prctl(
+        ctypes.c_int(PR_SET_PDEATHSIG),
+        ctypes.c_ulong(signal.SIGKILL),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
 
 
 _BLOCKED_EVENTS = (
-    "socket.", "subprocess.", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.system",
-    "os.startfile", "pty.", "ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function", "ctypes.cdata",
-    "sys.settrace", "sys.setprofile", "sys._current_frames", "gc.get_objects", "gc.get_referrers",
-    "gc.get_referents", "sys.addaudithook", "resource.setrlimit", "resource.prlimit", "os.chroot",
-    "webbrowser.", "urllib.", "http.", "ftplib.", "smtplib.", "os.setxattr", "os.removexattr",
+    "socket.",
+    "subprocess.",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.fork",
+    "os.forkpty",
+    "os.system",
+    "os.startfile",
+    "pty.",
+    "ctypes.dlopen",
+    "ctypes.dlsym",
+    "ctypes.call_function",
+    "ctypes.cdata",
+    "sys.settrace",
+    "sys.setprofile",
+    "sys._current_frames",
+    "gc.get_objects",
+    "gc.get_referrers",
+    "gc.get_referents",
+    "sys.addaudithook",
+    "resource.setrlimit",
+    "resource.prlimit",
+    "os.chroot",
+    "webbrowser.",
+    "urllib.",
+    "http.",
+    "ftplib.",
+    "smtplib.",
+    "os.setxattr",
+    "os.removexattr",
 )
 _PATH_EVENTS = {  # event -> indexes of path arguments that are modified
-    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.replace": (0, 1),
-    "os.symlink": (1,), "os.link": (1,), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,),
-    "os.utime": (0,), "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,),
-    "shutil.move": (1,), "shutil.make_archive": (0,), "os.mkfifo": (0,), "os.mknod": (0,),
+    "os.remove": (0,),
+    "os.rmdir": (0,),
+    "os.mkdir": (0,),
+    "os.rename": (0, 1),
+    "os.replace": (0, 1),
+    "os.symlink": (1,),
+    "os.link": (1,),
+    "os.chmod": (0,),
+    "os.chown": (0,),
+    "os.truncate": (0,),
+    "os.utime": (0,),
+    "shutil.rmtree": (0,),
+    "shutil.copyfile": (1,),
+    "shutil.copytree": (1,),
+    "shutil.move": (1,),
+    "shutil.make_archive": (0,),
+    "os.mkfifo": (0,),
+    "os.mknod": (0,),
 }
 _FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"})
 
@@ -269,8 +338,10 @@ def install_audit_hook(scratch, user_active):
                     p = fsdecode(path)
                     if p.startswith("/proc/"):
                         part = p.split("/")[2:4]
-                        if part and ((part[0].isdigit() and part[0] != own_pid)
-                                     or (len(part) > 1 and part[1] in ("mem", "environ", "maps"))):
+                        if part and (
+                            (part[0].isdigit() and part[0] != own_pid)
+                            or (len(part) > 1 and part[1] in ("mem", "environ", "maps"))
+                        ):
                             raise PermissionError(f"sandbox: reading {p} is not allowed")
             elif event in _PATH_EVENTS:
                 for i in _PATH_EVENTS[event]:
@@ -295,7 +366,7 @@ def make_emitter(fd, nonce):
     def emit(obj):
         data = prefix + json.dumps(obj).encode() + b"\n"
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
 
     return emit
 
@@ -322,7 +393,9 @@ def run_job(cfg, emit, user_active):
         out = io.TextIOWrapper(raw_out, encoding="utf-8", errors="replace", write_through=True)
         sys.stdin = io.TextIOWrapper(io.BytesIO(stdin_text.encode()), encoding="utf-8")
         sys.stdout = out
-        sys.stderr = io.TextIOWrapper(CappedBytes(cap), encoding="utf-8", errors="replace", write_through=True)
+        sys.stderr = io.TextIOWrapper(
+            CappedBytes(cap), encoding="utf-8", errors="replace", write_through=True
+        )
         error = None
         signal.setitimer(signal.ITIMER_REAL, per_test)
         user_active[0] = True

@@ -75,16 +75,30 @@ def run_python(code: str, tests: list[str], mode: str, limits: SandboxLimits | N
     scratch = tempfile.mkdtemp(prefix="rf-sandbox-")
     os.chmod(scratch, 0o700)
     nonce = secrets.token_hex(16)
-    job = dict(asdict(limits), code=code, tests=list(tests), mode=mode, scratch=scratch, nonce=nonce,
-               run_uid=random.randint(200_000, 265_000))
+    job = dict(
+        asdict(limits),
+        code=code,
+        tests=list(tests),
+        mode=mode,
+        scratch=scratch,
+        nonce=nonce,
+        run_uid=random.randint(200_000, 265_000),
+    )
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
     started = time.monotonic()
     result = SandboxResult()
     stdout_cap = limits.output_bytes * (len(tests) + 2) + 65536
     try:
-        proc = subprocess.Popen([sys.executable, "-I", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, cwd=scratch, start_new_session=True,
-                                close_fds=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", BOOTSTRAP],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=scratch,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -107,8 +121,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _communicate(proc: subprocess.Popen, job: bytes, deadline: float, stdout_cap: int,
-                 result: SandboxResult) -> tuple[bytes, bytes]:
+def _communicate(
+    proc: subprocess.Popen, job: bytes, deadline: float, stdout_cap: int, result: SandboxResult
+) -> tuple[bytes, bytes]:
     """Write the job, read stdout/stderr until EOF, the deadline, or the output cap."""
     sel = selectors.DefaultSelector()
     streams = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
@@ -159,7 +174,7 @@ def _communicate(proc: subprocess.Popen, job: bytes, deadline: float, stdout_cap
                     # Keep only the tail of stderr: a flood there is not our problem, but must not pile up.
                     buf += chunk
                     if len(buf) > stderr_cap:
-                        del buf[:len(buf) - stderr_cap]
+                        del buf[: len(buf) - stderr_cap]
     finally:
         sel.close()
         if not proc.stdin.closed:
@@ -177,7 +192,7 @@ def _parse_verdicts(out: bytes, nonce: str, result: SandboxResult) -> None:
         if at < 0:
             continue
         try:
-            msg = json.loads(line[at + len(marker):].decode("utf-8"))
+            msg = json.loads(line[at + len(marker) :].decode("utf-8"))
         except ValueError:
             continue
         if "measures" in msg:

@@ -33,11 +33,14 @@ def test_list(capsys):
 
 
 def test_score_adds_a_score_field(tmp_path, capsys):
-    path = write_jsonl(tmp_path / "in.jsonl", [
-        {"completion": "The answer is 72.", "ground_truth": "72", "dataset": "gsm8k", "id": 1},
-        {"completion": "\\boxed{\\frac12}", "ground_truth": "0.5", "dataset": "MATH", "id": 2},
-        {"completion": "hello", "ground_truth": "{not json", "dataset": "ifeval", "id": 3},
-    ])
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"completion": "The answer is 72.", "ground_truth": "72", "dataset": "gsm8k", "id": 1},
+            {"completion": "\\boxed{\\frac12}", "ground_truth": "0.5", "dataset": "MATH", "id": 2},
+            {"completion": "hello", "ground_truth": "{not json", "dataset": "ifeval", "id": 3},
+        ],
+    )
     assert run(["score", "--input", str(path)]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.strip().splitlines()]
@@ -47,13 +50,19 @@ def test_score_adds_a_score_field(tmp_path, capsys):
     assert "gsm8k: 1 scored" in captured.err
 
 
-@pytest.mark.parametrize("content,match", [
-    ('{"completion": "a", "ground_truth": "1", "dataset": "gsm8k"}\n{oops\n', "line 2: not valid JSON"),
-    ('{"completion": "a", "dataset": "gsm8k"}\n', "line 1: missing field ground_truth"),
-    ('[1, 2]\n', "line 1: expected a JSON object"),
-    ('{"completion": 5, "ground_truth": "1", "dataset": "gsm8k"}\n', "line 1: completion must be a string"),
-    ('\n\n', "no lines to score"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ('{"completion": "a", "ground_truth": "1", "dataset": "gsm8k"}\n{oops\n', "line 2: not valid JSON"),
+        ('{"completion": "a", "dataset": "gsm8k"}\n', "line 1: missing field ground_truth"),
+        ("[1, 2]\n", "line 1: expected a JSON object"),
+        (
+            '{"completion": 5, "ground_truth": "1", "dataset": "gsm8k"}\n',
+            "line 1: completion must be a string",
+        ),
+        ("\n\n", "no lines to score"),
+    ],
+)
 def test_score_malformed_lines(tmp_path, content, match):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
@@ -63,10 +72,13 @@ def test_score_malformed_lines(tmp_path, content, match):
 
 
 def test_score_unknown_dataset_names_the_line(tmp_path):
-    path = write_jsonl(tmp_path / "in.jsonl", [
-        {"completion": "a", "ground_truth": "1", "dataset": "gsm8k"},
-        {"completion": "a", "ground_truth": "1", "dataset": "mystery"},
-    ])
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"completion": "a", "ground_truth": "1", "dataset": "gsm8k"},
+            {"completion": "a", "ground_truth": "1", "dataset": "mystery"},
+        ],
+    )
     with pytest.raises(UnknownRewardError, match="line 2: no reward registered for dataset 'mystery'"):
         run(["score", "--input", str(path)])
 
@@ -77,9 +89,23 @@ def test_score_missing_file():
 
 
 def test_score_with_user_module(tmp_path, capsys, user_reward_file, clean_registry):
-    path = write_jsonl(tmp_path / "in.jsonl", [{"completion": "42", "ground_truth": "42", "dataset": "exact_answer"}])
-    assert run(["score", "--input", str(path), "--reward-module", f"{user_reward_file}:exact_answer",
-                "--timeout", "5"]) == 0
+    path = write_jsonl(
+        tmp_path / "in.jsonl", [{"completion": "42", "ground_truth": "42", "dataset": "exact_answer"}]
+    )
+    assert (
+        run(
+            [
+                "score",
+                "--input",
+                str(path),
+                "--reward-module",
+                f"{user_reward_file}:exact_answer",
+                "--timeout",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["score"] == 1.0
 
 
@@ -87,37 +113,70 @@ def test_check_builtin_passes(capsys):
     assert run(["check", "gsm8k"]) == 0
     out = capsys.readouterr().out
     assert "10/10 golden cases pass" in out
-    for probe in ("empty completion", "very long completion", "unicode", "unclosed <think>", "numbers with commas"):
+    for probe in (
+        "empty completion",
+        "very long completion",
+        "unicode",
+        "unclosed <think>",
+        "numbers with commas",
+    ):
         assert probe in out
     assert "latency: mean" in out and "p95" in out and "variance" in out
     assert "constant reward" not in out
 
 
 def test_check_failing_case_exits_nonzero(tmp_path, capsys):
-    cases = write_jsonl(tmp_path / "cases.jsonl", [
-        {"completion": "The answer is 5", "ground_truth": "5", "expected": 1},
-        {"completion": "The answer is 6", "ground_truth": "5", "expected": 1},
-    ])
+    cases = write_jsonl(
+        tmp_path / "cases.jsonl",
+        [
+            {"completion": "The answer is 5", "ground_truth": "5", "expected": 1},
+            {"completion": "The answer is 6", "ground_truth": "5", "expected": 1},
+        ],
+    )
     assert run(["check", "gsm8k", "--cases", str(cases)]) == 1
     out = capsys.readouterr().out
     assert "FAIL  line   2" in out and "1/2 golden cases pass" in out
 
 
-def test_check_reports_constant_reward_errors_and_timeouts(tmp_path, capsys, user_reward_file, clean_registry):
-    cases = write_jsonl(tmp_path / "cases.jsonl", [
-        {"completion": "ok", "ground_truth": "", "expected": 1},
-        {"completion": "fine", "ground_truth": "", "expected": 1},
-    ])
-    assert run(["check", "hanging", "--cases", str(cases), "--reward-module", f"{user_reward_file}:hanging",
-                "--timeout", "1"]) == 0
+def test_check_reports_constant_reward_errors_and_timeouts(
+    tmp_path, capsys, user_reward_file, clean_registry
+):
+    cases = write_jsonl(
+        tmp_path / "cases.jsonl",
+        [
+            {"completion": "ok", "ground_truth": "", "expected": 1},
+            {"completion": "fine", "ground_truth": "", "expected": 1},
+        ],
+    )
+    assert (
+        run(
+            [
+                "check",
+                "hanging",
+                "--cases",
+                str(cases),
+                "--reward-module",
+                f"{user_reward_file}:hanging",
+                "--timeout",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "constant reward gives no learning signal" in out
     assert "2/2 golden cases pass" in out
-    cases2 = write_jsonl(tmp_path / "cases2.jsonl", [
-        {"completion": "boom", "ground_truth": "", "expected": 0},
-        {"completion": "ok", "ground_truth": "", "expected": 1},
-    ])
-    assert run(["check", "raising", "--cases", str(cases2), "--reward-module", f"{user_reward_file}:raising"]) == 1
+    cases2 = write_jsonl(
+        tmp_path / "cases2.jsonl",
+        [
+            {"completion": "boom", "ground_truth": "", "expected": 0},
+            {"completion": "ok", "ground_truth": "", "expected": 1},
+        ],
+    )
+    assert (
+        run(["check", "raising", "--cases", str(cases2), "--reward-module", f"{user_reward_file}:raising"])
+        == 1
+    )
     out = capsys.readouterr().out
     assert "[error: RuntimeError: kaboom]" in out and "errors 1" in out
 
@@ -135,8 +194,14 @@ def test_check_unknown_reward():
 def test_module_entry_point_prints_one_line_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n")
-    proc = subprocess.run([sys.executable, "-m", "reward_fns.cli", "rewards", "score", "--input", str(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reward_fns.cli", "rewards", "score", "--input", str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {bad} line 1: not valid JSON (Expecting property name enclosed in double quotes)"
+    assert (
+        proc.stderr.strip()
+        == f"error: {bad} line 1: not valid JSON (Expecting property name enclosed in double quotes)"
+    )
     assert main(["rewards", "list"]) == 0

@@ -16,39 +16,74 @@ ENGLISH = "The quick brown fox jumps over the lazy dog while the farmer watches 
 # id -> (kwargs, passing response, failing response)
 CASES = {
     "keywords:existence": ({"keywords": ["sun", "Moon"]}, "Sunlight and the MOON.", "Only the sun."),
-    "keywords:frequency": ({"keyword": "cat", "frequency": 3, "relation": "at least"},
-                           "cat catalog concat", "cat cat"),
+    "keywords:frequency": (
+        {"keyword": "cat", "frequency": 3, "relation": "at least"},
+        "cat catalog concat",
+        "cat cat",
+    ),
     "keywords:forbidden_words": ({"forbidden_words": ["car"]}, "A scary carriage.", "My Car is red."),
-    "keywords:letter_frequency": ({"letter": "q", "let_frequency": 2, "let_relation": "less than"},
-                                  "Quiet please.", "Quick quiz quality."),
-    "language:response_language": ({"language": "fr"},
-                                   "Le renard brun rapide saute par-dessus le chien paresseux dans le champ.",
-                                   ENGLISH),
-    "length_constraints:number_sentences": ({"num_sentences": 3, "relation": "less than"},
-                                            "One. Two.", "One. Two. Three."),
-    "length_constraints:number_paragraphs": ({"num_paragraphs": 2}, "First.\n***\nSecond.",
-                                             "First.\n***\n***\nSecond."),
-    "length_constraints:number_words": ({"num_words": 4, "relation": "at least"}, "one two three four",
-                                        "one two three"),
-    "length_constraints:nth_paragraph_first_word": ({"num_paragraphs": 2, "nth_paragraph": 2,
-                                                     "first_word": "Then"},
-                                                    "First part.\n\n\"Then, second part.",
-                                                    "First part.\n\nAfter that, second part."),
-    "detectable_content:number_placeholders": ({"num_placeholders": 2}, "At [place] on [date].", "At [place]."),
+    "keywords:letter_frequency": (
+        {"letter": "q", "let_frequency": 2, "let_relation": "less than"},
+        "Quiet please.",
+        "Quick quiz quality.",
+    ),
+    "language:response_language": (
+        {"language": "fr"},
+        "Le renard brun rapide saute par-dessus le chien paresseux dans le champ.",
+        ENGLISH,
+    ),
+    "length_constraints:number_sentences": (
+        {"num_sentences": 3, "relation": "less than"},
+        "One. Two.",
+        "One. Two. Three.",
+    ),
+    "length_constraints:number_paragraphs": (
+        {"num_paragraphs": 2},
+        "First.\n***\nSecond.",
+        "First.\n***\n***\nSecond.",
+    ),
+    "length_constraints:number_words": (
+        {"num_words": 4, "relation": "at least"},
+        "one two three four",
+        "one two three",
+    ),
+    "length_constraints:nth_paragraph_first_word": (
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "Then"},
+        'First part.\n\n"Then, second part.',
+        "First part.\n\nAfter that, second part.",
+    ),
+    "detectable_content:number_placeholders": (
+        {"num_placeholders": 2},
+        "At [place] on [date].",
+        "At [place].",
+    ),
     "detectable_content:postscript": ({"postscript_marker": "P.S."}, "Bye.\np.s. call me", "Bye. PS call me"),
     "detectable_format:number_bullet_lists": ({"num_bullets": 2}, "* one\n* two", "* one\n* two\n- three"),
     "detectable_format:constrained_response": ({}, "My answer is maybe.", "Maybe."),
-    "detectable_format:number_highlighted_sections": ({"num_highlights": 2}, "*one* and **two**", "*one* and **"),
-    "detectable_format:multiple_sections": ({"section_spliter": "SECTION", "num_sections": 2},
-                                            "SECTION 1\na\nSECTION 2\nb", "SECTION 1\na"),
+    "detectable_format:number_highlighted_sections": (
+        {"num_highlights": 2},
+        "*one* and **two**",
+        "*one* and **",
+    ),
+    "detectable_format:multiple_sections": (
+        {"section_spliter": "SECTION", "num_sections": 2},
+        "SECTION 1\na\nSECTION 2\nb",
+        "SECTION 1\na",
+    ),
     "detectable_format:json_format": ({}, '```json\n{"a": 1}\n```', "{a: 1}"),
     "detectable_format:title": ({}, "<<A Title>>\ntext", "<< >>\ntext"),
     "combination:two_responses": ({}, "Answer one.\n******\nAnswer two.", "Answer one.\n******\nAnswer one."),
-    "combination:repeat_prompt": ({"prompt_to_repeat": "Tell me a joke."}, "tell me a joke. Why did...",
-                                  "Why did the chicken..."),
+    "combination:repeat_prompt": (
+        {"prompt_to_repeat": "Tell me a joke."},
+        "tell me a joke. Why did...",
+        "Why did the chicken...",
+    ),
     "startend:end_checker": ({"end_phrase": "That is all."}, 'Done. THAT IS ALL."', "That is all. Done."),
-    "change_case:capital_word_frequency": ({"capital_frequency": 2, "capital_relation": "less than"},
-                                           "Only ONE capital word.", "TWO CAPITAL words."),
+    "change_case:capital_word_frequency": (
+        {"capital_frequency": 2, "capital_relation": "less than"},
+        "Only ONE capital word.",
+        "TWO CAPITAL words.",
+    ),
     "change_case:english_capital": ({}, ENGLISH.upper(), ENGLISH),
     "change_case:english_lowercase": ({}, ENGLISH.lower(), ENGLISH),
     "punctuation:no_comma": ({}, "No commas.", "One, two."),
@@ -74,15 +109,19 @@ def test_instruction_pass_and_fail(iid):
 
 
 def test_fraction_of_constraints():
-    gt = ids_label([("punctuation:no_comma", {}), ("startend:quotation", {}), ("change_case:english_lowercase", {})])
+    gt = ids_label(
+        [("punctuation:no_comma", {}), ("startend:quotation", {}), ("change_case:english_lowercase", {})]
+    )
     result = ifeval('"no commas, but quoted"', gt)
     assert result.score == pytest.approx(2 / 3)
     assert result.metadata["followed"] == [False, True, True]
 
 
 def test_label_shapes_list_and_python_repr_and_nulls():
-    obj = {"instruction_id": ["punctuation:no_comma", "keywords:existence"],
-           "kwargs": [{"keywords": None}, {"keywords": ["tea"], "num_words": None}]}
+    obj = {
+        "instruction_id": ["punctuation:no_comma", "keywords:existence"],
+        "kwargs": [{"keywords": None}, {"keywords": ["tea"], "num_words": None}],
+    }
     for gt in (obj, [obj], json.dumps([obj]), repr(obj), repr([obj])):
         assert ifeval("green tea", gt).score == 1.0, gt
         assert ifeval("green, tea", gt).score == 0.5, gt

@@ -9,17 +9,47 @@ math_reward = get_reward("math")
 strict_math = get_reward("strict_math")
 
 EQUIVALENT = [
-    ("\\frac{1}{2}", "0.5"), ("1/2", "\\frac{1}{2}"), ("\\dfrac12", "0.5"), ("\\tfrac{1}{2}", "1/2"),
-    ("0.5", ".5"), ("5.0", "5"), ("5.00", "5"), ("1,000", "1000"), ("10^\\circ", "10"), ("10^{\\circ}", "10"),
-    ("5 cm", "5"), ("5\\text{ cm}^2", "5"), ("\\text{5 dollars}", "5"), ("\\$5", "5"), ("50\\%", "50"),
-    ("x = 4", "4"), ("\\left(1,2\\right)", "(1, 2)"), ("3\\!\\,000", "3000"), ("\\frac{5}{6}", "5/6"),
-    ("2x+1", "1+2x"), ("\\sqrt{8}", "2\\sqrt{2}"), ("\\sqrt2", "\\sqrt{2}"), ("(A)", "A"),
-    ("\\text{Monday}", "monday"), ("-\\frac{1}{2}", "-0.5"), ("\\pi r^2", "\\pi r^2"), ("x^2+2x+1", "(x+1)^2"),
-    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"), ("[1,2)", "[1, 2)"),
+    ("\\frac{1}{2}", "0.5"),
+    ("1/2", "\\frac{1}{2}"),
+    ("\\dfrac12", "0.5"),
+    ("\\tfrac{1}{2}", "1/2"),
+    ("0.5", ".5"),
+    ("5.0", "5"),
+    ("5.00", "5"),
+    ("1,000", "1000"),
+    ("10^\\circ", "10"),
+    ("10^{\\circ}", "10"),
+    ("5 cm", "5"),
+    ("5\\text{ cm}^2", "5"),
+    ("\\text{5 dollars}", "5"),
+    ("\\$5", "5"),
+    ("50\\%", "50"),
+    ("x = 4", "4"),
+    ("\\left(1,2\\right)", "(1, 2)"),
+    ("3\\!\\,000", "3000"),
+    ("\\frac{5}{6}", "5/6"),
+    ("2x+1", "1+2x"),
+    ("\\sqrt{8}", "2\\sqrt{2}"),
+    ("\\sqrt2", "\\sqrt{2}"),
+    ("(A)", "A"),
+    ("\\text{Monday}", "monday"),
+    ("-\\frac{1}{2}", "-0.5"),
+    ("\\pi r^2", "\\pi r^2"),
+    ("x^2+2x+1", "(x+1)^2"),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),
+    ("[1,2)", "[1, 2)"),
 ]
 NOT_EQUIVALENT = [
-    ("\\frac{1}{3}", "0.33"), ("3", "4"), ("2x-1", "2x+1"), ("3.14", "\\pi"), ("(1,2)", "[1,2]"),
-    ("\\sqrt{3}", "3"), ("x", "y"), ("-5", "5"), ("12", "1,2"), ("", "5"),
+    ("\\frac{1}{3}", "0.33"),
+    ("3", "4"),
+    ("2x-1", "2x+1"),
+    ("3.14", "\\pi"),
+    ("(1,2)", "[1,2]"),
+    ("\\sqrt{3}", "3"),
+    ("x", "y"),
+    ("-5", "5"),
+    ("12", "1,2"),
+    ("", "5"),
 ]
 
 
@@ -42,9 +72,14 @@ def test_nested_braces_in_boxed():
 
 
 def test_extraction_order():
-    assert extract_math_answer("\\boxed{1}. Final Answer: The final answer is 2. I hope it is correct.") == \
-        ("1", "boxed")
-    assert extract_math_answer("Final Answer: The final answer is $2$. I hope it is correct.") == ("2", "minerva")
+    assert extract_math_answer("\\boxed{1}. Final Answer: The final answer is 2. I hope it is correct.") == (
+        "1",
+        "boxed",
+    )
+    assert extract_math_answer("Final Answer: The final answer is $2$. I hope it is correct.") == (
+        "2",
+        "minerva",
+    )
     assert extract_math_answer("we get $x=3$ and so $y = 7$") == ("y = 7", "dollars")
     assert extract_math_answer("the final answer is 3.5") == ("3.5", "minerva")
     assert extract_math_answer("no answer here") == (None, "none")

@@ -14,7 +14,17 @@ from reward_fns import (
 )
 from reward_fns.registry import describe_signature
 
-BUILTINS = {"gsm8k", "math", "strict_math", "ifeval", "ifeval_loose", "string_match", "f1", "code", "max_length"}
+BUILTINS = {
+    "gsm8k",
+    "math",
+    "strict_math",
+    "ifeval",
+    "ifeval_loose",
+    "string_match",
+    "f1",
+    "code",
+    "max_length",
+}
 
 
 def test_builtins_registered_with_descriptions():
@@ -78,7 +88,10 @@ def test_trl_batch_signature_detection():
     def per_sample(completion, ground_truth, prompt=None):
         return 0.0
 
-    assert describe_signature(trl) == (True, frozenset({"prompts", "ground_truth", "dataset", "completion_ids"}))
+    assert describe_signature(trl) == (
+        True,
+        frozenset({"prompts", "ground_truth", "dataset", "completion_ids"}),
+    )
     assert describe_signature(trl_named)[0] is True
     assert describe_signature(per_sample) == (False, frozenset({"prompt"}))
     with pytest.raises(TypeError):
@@ -89,7 +102,10 @@ def test_load_user_rewards_from_file(clean_registry, user_reward_file):
     assert load_user_rewards(f"{user_reward_file}:exact_answer") == ["decorated_reward", "exact_answer"]
     assert get_reward("exact_answer")("42", "42") == 1.0
     assert get_spec("exact_answer").origin == f"{user_reward_file}:exact_answer"
-    assert load_user_rewards(f"{user_reward_file}:exact_answer", name="renamed") == ["decorated_reward", "renamed"]
+    assert load_user_rewards(f"{user_reward_file}:exact_answer", name="renamed") == [
+        "decorated_reward",
+        "renamed",
+    ]
     assert load_user_rewards(str(user_reward_file)) == ["decorated_reward"]
     load_user_rewards(f"{user_reward_file}:trl_style")
     assert get_spec("trl_style").batched
@@ -109,13 +125,16 @@ def test_load_user_rewards_from_module(clean_registry, tmp_path, monkeypatch):
     sys.modules.pop("mypkg", None)
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("does/not/exist.py:fn", "not found"),
-    ("no_such_module_xyz:fn", "not found"),
-    ("{file}:missing_fn", "has no attribute 'missing_fn'"),
-    ("{file}:", "not a Python name"),
-    (":fn", "no file or module"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("does/not/exist.py:fn", "not found"),
+        ("no_such_module_xyz:fn", "not found"),
+        ("{file}:missing_fn", "has no attribute 'missing_fn'"),
+        ("{file}:", "not a Python name"),
+        (":fn", "no file or module"),
+    ],
+)
 def test_bad_specs_give_one_line_errors(spec, match, user_reward_file, clean_registry):
     with pytest.raises(ValueError, match=match) as err:
         load_user_rewards(spec.format(file=user_reward_file))
@@ -124,11 +143,13 @@ def test_bad_specs_give_one_line_errors(spec, match, user_reward_file, clean_reg
 
 def test_module_that_fails_to_import(tmp_path, clean_registry):
     bad = tmp_path / "broken.py"
-    bad.write_text(textwrap.dedent("""
+    bad.write_text(
+        textwrap.dedent("""
         import nonexistent_dependency_xyz
         def fn(completion, ground_truth):
             return 1.0
-    """))
+    """)
+    )
     with pytest.raises(ValueError, match="failed to import: ModuleNotFoundError") as err:
         load_user_rewards(f"{bad}:fn")
     assert "\n" not in str(err.value)
@@ -144,9 +165,11 @@ def test_module_without_registrations_needs_a_function(tmp_path, clean_registry)
 def test_import_is_light():
     import subprocess
 
-    code = ("import sys, time; t = time.perf_counter(); import reward_fns; dt = time.perf_counter() - t; "
-            "heavy = [m for m in ('torch', 'sympy', 'math_verify', 'langdetect', 'numpy') if m in sys.modules]; "
-            "print(heavy, dt)")
+    code = (
+        "import sys, time; t = time.perf_counter(); import reward_fns; dt = time.perf_counter() - t; "
+        "heavy = [m for m in ('torch', 'sympy', 'math_verify', 'langdetect', 'numpy') if m in sys.modules]; "
+        "print(heavy, dt)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     heavy, seconds = out.rsplit(" ", 1)
     assert heavy == "[]"

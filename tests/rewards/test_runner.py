@@ -14,11 +14,26 @@ TIMEOUT = 1.0
 
 @pytest.fixture(scope="module")
 def runner(user_reward_file, snapshot_registry):
-    names = ["exact_answer", "raising", "hanging", "sleepy", "memory_hog", "dying", "junk", "with_metadata",
-             "trl_style", "trl_hanging", "trl_wrong_length"]
+    names = [
+        "exact_answer",
+        "raising",
+        "hanging",
+        "sleepy",
+        "memory_hog",
+        "dying",
+        "junk",
+        "with_metadata",
+        "trl_style",
+        "trl_hanging",
+        "trl_wrong_length",
+    ]
     with snapshot_registry():
-        r = RewardRunner(timeout_s=TIMEOUT, num_workers=2, memory_limit_mb=1024,
-                         extra_modules=[f"{user_reward_file}:{n}" for n in names] + [str(user_reward_file)])
+        r = RewardRunner(
+            timeout_s=TIMEOUT,
+            num_workers=2,
+            memory_limit_mb=1024,
+            extra_modules=[f"{user_reward_file}:{n}" for n in names] + [str(user_reward_file)],
+        )
         yield r
         r.close()
 
@@ -78,8 +93,13 @@ def test_mixed_batch_with_builtins_and_case_insensitive_names(runner):
 
 
 def test_prompt_token_ids_and_metadata_reach_the_reward(runner):
-    batch = runner.score(["a", "b"], ["", ""], ["with_metadata", "decorated_reward"],
-                         prompts=["hello", "secret prompt"], token_ids=[[1, 2, 3], None])
+    batch = runner.score(
+        ["a", "b"],
+        ["", ""],
+        ["with_metadata", "decorated_reward"],
+        prompts=["hello", "secret prompt"],
+        token_ids=[[1, 2, 3], None],
+    )
     assert batch.metadata[0] == {"prompt": "hello", "n_tokens": 3}
     assert batch.scores == [0.5, 1.0]
 

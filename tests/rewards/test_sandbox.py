@@ -47,7 +47,12 @@ def test_correct_solution_scores_one():
 
 def test_wrong_solution_scores_zero_and_partial_is_a_fraction():
     assert code(block("def add(a, b):\n    return a * b"), ["assert add(1, 2) == 3"]).score == 0.0
-    assert code(block("def add(a, b):\n    return a - b"), ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]).score == 0.5
+    assert (
+        code(
+            block("def add(a, b):\n    return a - b"), ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]
+        ).score
+        == 0.5
+    )
     label = {"tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"], "all_or_nothing": True}
     assert code(block("def add(a, b):\n    return a - b"), label).score == 0.0
 
@@ -56,8 +61,13 @@ def test_stdin_stdout_tests():
     src = "a, b = map(int, input().split())\nprint(a + b)"
     assert code(block(src), {"inputs": ["1 2\n", "5 7\n"], "outputs": ["3\n", "12"]}).score == 1.0
     assert code(block(src), [{"input": "1 2", "output": "4"}]).score == 0.0
-    assert code(block("import sys\nprint(sum(map(int, sys.stdin.read().split())))\nexit()"),
-                '{"inputs": ["1 2 3"], "outputs": ["6"]}').score == 1.0
+    assert (
+        code(
+            block("import sys\nprint(sum(map(int, sys.stdin.read().split())))\nexit()"),
+            '{"inputs": ["1 2 3"], "outputs": ["6"]}',
+        ).score
+        == 1.0
+    )
 
 
 def test_last_python_block_is_used():
@@ -74,7 +84,8 @@ def test_infinite_loop_is_stopped():
 
 def test_loop_that_swallows_the_timer_is_killed():
     score, seconds, _ = score_hostile(
-        "import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.01)")
+        "import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.01)"
+    )
     assert score == 0.0 and seconds < FAST.wall_s + 2
 
 
@@ -100,18 +111,25 @@ def test_socket_is_refused():
 
 def test_writing_outside_scratch_changes_nothing():
     tag = secrets.token_hex(4)
-    targets = [PROJECT / f"ESCAPE_{tag}", PROJECT / "tests" / "rewards" / f"ESCAPE_{tag}",
-               Path("/tmp") / f"ESCAPE_{tag}", Path.home() / f"ESCAPE_{tag}"]
+    targets = [
+        PROJECT / f"ESCAPE_{tag}",
+        PROJECT / "tests" / "rewards" / f"ESCAPE_{tag}",
+        Path("/tmp") / f"ESCAPE_{tag}",
+        Path.home() / f"ESCAPE_{tag}",
+    ]
     before = snapshot()
     for target in targets:
-        for src in (f"open({str(target)!r}, 'w').write('x')",
-                    f"import os\nos.close(os.open({str(target)!r}, os.O_CREAT | os.O_WRONLY))",
-                    f"import pathlib\npathlib.Path({str(target)!r}).touch()"):
+        for src in (
+            f"open({str(target)!r}, 'w').write('x')",
+            f"import os\nos.close(os.open({str(target)!r}, os.O_CREAT | os.O_WRONLY))",
+            f"import pathlib\npathlib.Path({str(target)!r}).touch()",
+        ):
             score, _, _ = score_hostile(src + "\nok = True", ["assert ok"])
             assert score == 0.0, src
         assert not target.exists()
-    score, _, _ = score_hostile(f"import os\nos.rename({str(PROJECT / 'Makefile')!r}, 'stolen')\nok = True",
-                                ["assert ok"])
+    score, _, _ = score_hostile(
+        f"import os\nos.rename({str(PROJECT / 'Makefile')!r}, 'stolen')\nok = True", ["assert ok"]
+    )
     assert score == 0.0
     assert (PROJECT / "Makefile").exists()
     assert snapshot() == before
@@ -121,8 +139,13 @@ def test_scratch_dir_is_writable_and_removed():
     src = "import os\nopen('notes.txt', 'w').write('hi')\nwhere = os.getcwd()"
     result = run_python(src, ["assert open('notes.txt').read() == 'hi'"], "asserts", FAST)
     assert result.tests[0]["ok"]
-    assert not [p for p in os.listdir("/tmp") if p.startswith("rf-sandbox-")
-                and os.path.getmtime(os.path.join("/tmp", p)) > time.time() - 5 and os.listdir(os.path.join("/tmp", p))]
+    assert not [
+        p
+        for p in os.listdir("/tmp")
+        if p.startswith("rf-sandbox-")
+        and os.path.getmtime(os.path.join("/tmp", p)) > time.time() - 5
+        and os.listdir(os.path.join("/tmp", p))
+    ]
 
 
 def test_environment_secrets_are_not_visible(monkeypatch):
@@ -156,7 +179,7 @@ def test_early_exit_is_not_a_pass():
 
 
 def test_verdict_cannot_be_forged_by_printing():
-    src = "import sys\nprint('{\"test\": 0, \"ok\": true}')\nsys.__stdout__.write('{\"done\": true}\\n')"
+    src = 'import sys\nprint(\'{"test": 0, "ok": true}\')\nsys.__stdout__.write(\'{"done": true}\\n\')'
     assert code(block(src), ["assert False"]).score == 0.0
 
 
@@ -168,10 +191,12 @@ def test_frame_introspection_is_refused():
 
 
 def test_ordinary_libraries_still_work():
-    src = ("import collections, dataclasses, enum, json, logging, math, re, typing\n"
-           "P = collections.namedtuple('P', 'x y')\n"
-           "class C(enum.Enum):\n    A = 1\n"
-           "def f():\n    return P(1, 2).x + C.A.value + int(math.sqrt(4))\n")
+    src = (
+        "import collections, dataclasses, enum, json, logging, math, re, typing\n"
+        "P = collections.namedtuple('P', 'x y')\n"
+        "class C(enum.Enum):\n    A = 1\n"
+        "def f():\n    return P(1, 2).x + C.A.value + int(math.sqrt(4))\n"
+    )
     assert code(block(src), ["assert f() == 4"]).score == 1.0
 
 
@@ -182,13 +207,16 @@ def test_measures_report():
     assert measures["rlimits"]["memory_mb"]
 
 
-@pytest.mark.parametrize("label,mode,n", [
-    (["assert 1", "assert 2"], "asserts", 2),
-    ('["assert 1"]', "asserts", 1),
-    ("assert f(1) == 2", "asserts", 1),
-    ({"inputs": ["1"], "outputs": ["1"]}, "stdio", 1),
-    ([{"input": "1", "output": "2"}], "stdio", 1),
-])
+@pytest.mark.parametrize(
+    "label,mode,n",
+    [
+        (["assert 1", "assert 2"], "asserts", 2),
+        ('["assert 1"]', "asserts", 1),
+        ("assert f(1) == 2", "asserts", 1),
+        ({"inputs": ["1"], "outputs": ["1"]}, "stdio", 1),
+        ([{"input": "1", "output": "2"}], "stdio", 1),
+    ],
+)
 def test_label_formats(label, mode, n):
     parsed = parse_code_label(label)
     assert parsed[0] == mode and len(parsed[1]) == n
