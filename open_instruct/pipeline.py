@@ -640,7 +640,7 @@ def format_plan(plan: Plan) -> str:
                  f"plan.KNOWN_ARCHS or use a local dir with config.json)")
     if plan.eval is not None:
         ev = plan.eval
-        L.append(f"held-out eval after each stage: {plan.eval_mix} (first {ev.limit or 'all'} prompts, "
+        L.append(f"held-out eval after each stage: {plan.eval_mix} ({'first ' + str(ev.limit) if ev.limit else 'all'} prompts, "
                  f"{ev.samples} sample(s), temperature {ev.resolved_temperature}, max {ev.max_tokens} tokens)")
     for sp in plan.stages:
         L.append("")
@@ -737,12 +737,28 @@ def _format_stage(sp: StagePlan, base_arch, n_stages: int) -> list[str]:
 # ----------------------------------------------------------------------------- stage state
 
 
-def _cmp_config(a: dict, b: dict) -> list[str]:
-    """Keys whose values differ, ignoring NON_SEMANTIC_KEYS (JSON round-trip normalises types)."""
-    a = json.loads(json.dumps(a, default=str))
-    b = json.loads(json.dumps(b, default=str))
+def _cmp_config(old: dict, new: dict, cls: type | None = None) -> list[str]:
+    """Keys whose values differ, ignoring NON_SEMANTIC_KEYS (JSON round-trip normalises types). A key
+    the old record lacks counts as equal when the new value is the field's default: a config field
+    added to the toolkit later must not invalidate every finished run."""
+    a = json.loads(json.dumps(old, default=str))
+    b = json.loads(json.dumps(new, default=str))
+    defaults = {}
+    if cls is not None:
+        inst_defaults = {f.name: f for f in dataclasses.fields(cls)}
+        for k, f in inst_defaults.items():
+            if f.default is not dataclasses.MISSING:
+                defaults[k] = json.loads(json.dumps(to_dict(f.default), default=str))
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[k] = json.loads(json.dumps(to_dict(f.default_factory()), default=str))
     keys = (set(a) | set(b)) - NON_SEMANTIC_KEYS
-    return sorted(k for k in keys if a.get(k) != b.get(k))
+    diff = []
+    for k in sorted(keys):
+        if k not in a and k in defaults and b.get(k) == defaults[k]:
+            continue
+        if a.get(k) != b.get(k):
+            diff.append(k)
+    return diff
 
 
 def _describe_diff(old: dict, new: dict, keys: list[str]) -> str:
@@ -773,13 +789,13 @@ def assess_stages(plan: Plan, base_digest: str) -> None:
         if digest is not None:
             if rec is None or rec.get("status") != "finished":
                 saved = sp.out / "resolved_config.yaml"
-                if saved.is_file() and not _cmp_config(yaml.safe_load(saved.read_text()) or {}, new_cfg) \
+                if saved.is_file() and not _cmp_config(yaml.safe_load(saved.read_text()) or {}, new_cfg, type(sp.cfg)) \
                         and parent_digest is not None:
                     sp.status, sp.note = "adopt", "finished model without lineage; recording it"
                     parent_digest = digest
                     continue
                 raise _conflict(sp, "or unrecorded config (no lineage.json)")
-            diff = _cmp_config(rec.get("config", {}), new_cfg)
+            diff = _cmp_config(rec.get("config", {}), new_cfg, type(sp.cfg))
             if diff:
                 raise _conflict(sp, f"config ({_describe_diff(rec.get('config', {}), new_cfg, diff)})")
             if parent_digest is None:
@@ -805,7 +821,7 @@ def assess_stages(plan: Plan, base_digest: str) -> None:
             if old_cfg is None and (sp.out / "resolved_config.yaml").is_file():
                 old_cfg = yaml.safe_load((sp.out / "resolved_config.yaml").read_text()) or {}
             if old_cfg is not None:
-                diff = _cmp_config(old_cfg, new_cfg)
+                diff = _cmp_config(old_cfg, new_cfg, type(sp.cfg))
                 if diff:
                     raise _conflict(sp, f"config ({_describe_diff(old_cfg, new_cfg, diff)}) in its interrupted run")
             if rec and parent_digest is not None and rec.get("parent", {}).get("digest") not in (None, parent_digest):
@@ -944,7 +960,87 @@ def eval_settings(ev: EvalSpec, mix: str) -> dict:
             "reward_modules": list(ev.reward_modules), "rollout": dict(ev.rollout)}
 
 
-def heldout_eval(plan: Plan, model_dir: str, digest: str, dest: Path) -> dict | None:
+class EvalSession:
+    """One held-out eval engine reused for the base model and every stage: the next model's weights
+    are synced into the running engine (the same path RLVR uses, exact to ~1e-6 in log-prob) instead
+    of starting a new engine, which costs 10-20 s on CPU. A model with another architecture gets a
+    fresh engine. Closed before RLVR stages (their engines need the CPUs / GPUs)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.group = None
+        self.runner = None
+        self.arch_key = None
+        self.rows_cache: dict[str, list] = {}
+
+    @staticmethod
+    def _arch_key(model_dir: str) -> str:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        for k in ("dtype", "torch_dtype", "transformers_version", "_name_or_path"):
+            cfg.pop(k, None)
+        return json.dumps(cfg, sort_keys=True)
+
+    def _rows(self, model_dir: str, tokenizer):
+        from .data.mixes import load_mix
+        from .data.tokenize import tokenize_data, tokenizer_fingerprint
+        from .train.stage import rows as take_rows
+
+        ev = self.plan.eval
+        key = tokenizer_fingerprint(tokenizer)
+        if key not in self.rows_cache:
+            tok = tokenize_data(load_mix(self.plan.eval_mix, kind="rlvr"), tokenizer, "rlvr",
+                                max_prompt_length=ev.max_prompt_length)
+            n = len(tok.dataset) if ev.limit is None else min(ev.limit, len(tok.dataset))
+            self.rows_cache[key] = take_rows(tok.dataset, range(n))
+        return self.rows_cache[key]
+
+    def evaluate(self, model_dir: str):
+        from safetensors.torch import load_file
+
+        from .config import from_dict as build
+        from .evaluate import evaluate_rows
+        from .model.policy import load_tokenizer
+        from .rl.rollout import RolloutConfig, RolloutGroup
+
+        ev = self.plan.eval
+        _, load_user_rewards = _reward_api()
+        if self.runner is None:
+            from reward_fns import RewardRunner
+
+            for spec in ev.reward_modules:
+                load_user_rewards(spec)
+            self.runner = RewardRunner(extra_modules=list(ev.reward_modules))
+        key = self._arch_key(model_dir)
+        if self.group is not None and key == self.arch_key:
+            weights = {}
+            for f in sorted(Path(model_dir).glob("*.safetensors")):
+                weights.update(load_file(str(f)))
+            self.group.sync_weights(weights)
+        else:
+            self.close_engine()
+            cfg = build(RolloutConfig, {"model": model_dir, "seed": ev.seed, "dtype": "float32",
+                                        "max_model_len": ev.max_prompt_length + ev.max_tokens, **ev.rollout},
+                        "eval.rollout")
+            self.group = RolloutGroup(cfg)
+            self.arch_key = key
+        tokenizer = load_tokenizer(model_dir)
+        return evaluate_rows(self.group, tokenizer, self._rows(model_dir, tokenizer), self.runner,
+                             samples=ev.samples, temperature=ev.resolved_temperature, max_tokens=ev.max_tokens,
+                             seed=ev.seed)
+
+    def close_engine(self) -> None:
+        if self.group is not None:
+            self.group.shutdown()
+        self.group, self.arch_key = None, None
+
+    def close(self) -> None:
+        self.close_engine()
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+def heldout_eval(plan: Plan, session: EvalSession, model_dir: str, digest: str, dest: Path) -> dict | None:
     """Evaluates `model_dir` on the recipe's held-out mix into `dest` (reused when the model digest and
     eval settings are unchanged). Returns the summary."""
     ev = plan.eval
@@ -958,12 +1054,8 @@ def heldout_eval(plan: Plan, model_dir: str, digest: str, dest: Path) -> dict | 
                 return old["summary"]
         except (json.JSONDecodeError, KeyError):
             pass
-    from .evaluate import evaluate_model
-
     t0 = time.time()
-    res = evaluate_model(model_dir, plan.eval_mix, samples=ev.samples, temperature=ev.resolved_temperature,
-                         max_tokens=ev.max_tokens, limit=ev.limit, reward_modules=list(ev.reward_modules),
-                         rollout=dict(ev.rollout), seed=ev.seed, max_prompt_length=ev.max_prompt_length)
+    res = session.evaluate(model_dir)
     summary = res.summary()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.with_name(dest.stem + "_samples.jsonl"), "w") as f:
@@ -1018,10 +1110,22 @@ def run_plan(plan: Plan) -> list[StageResult]:
     assess_stages(plan, base_digest)
     results: list[StageResult] = []
     t_all = time.time()
+    session = EvalSession(plan)
+    try:
+        return _run_stages(plan, session, base_digest, results, t_all, main_node)
+    finally:
+        session.close()
+
+
+def _run_stages(plan: Plan, session: EvalSession, base_digest: str, results: list, t_all: float,
+                main_node: bool) -> list[StageResult]:
+    from .train.checkpoint import verify_model
+
+    gpu_eval = plan.eval is not None and plan.eval.rollout.get("device") == "cuda"
     base_eval = None
     if plan.eval is not None and plan.eval.base and main_node:
         _say(f"held-out eval of the base model ({plan.base})")
-        base_eval = heldout_eval(plan, plan.base, base_digest, plan.output / "base_eval.json")
+        base_eval = heldout_eval(plan, session, plan.base, base_digest, plan.output / "base_eval.json")
     results.append(StageResult("base", "-", "built" if plan.tiny else "-", None, None, base_digest, base_eval, None,
                                Path(plan.base)))
 
@@ -1048,6 +1152,8 @@ def run_plan(plan: Plan) -> list[StageResult]:
                 prev = lin.read(sp.out)
                 lin.write(sp.out, _stage_lineage(plan, sp, parent_digest, "running",
                                                  (prev or {}).get("started_at", started)))
+            if sp.type == "rlvr" or gpu_eval:
+                session.close_engine()  # the stage's own engines / the GPUs need the room
             t0 = time.time()
             if sp.num_processes > 1:
                 launch_stage(sp, plan.recipe.launch.master_port)
@@ -1067,7 +1173,7 @@ def run_plan(plan: Plan) -> list[StageResult]:
         heldout = None
         if plan.eval is not None and main_node:
             _say(f"held-out eval of stage {sp.name}")
-            heldout = heldout_eval(plan, str(sp.out), digest, sp.out / "heldout_eval.json")
+            heldout = heldout_eval(plan, session, str(sp.out), digest, sp.out / "heldout_eval.json")
         results.append(StageResult(sp.name, sp.type, status, seconds, _last_step(sp.out), digest, heldout,
                                    _read_json(sp.out / "eval.json"), sp.out))
         parent_digest = digest

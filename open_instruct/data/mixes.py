@@ -41,6 +41,7 @@ class SourceSpec:
     split: str = "train"  # hub sources only; a local file is one split
     amount: Any = 1.0  # float fraction or int count (checked by `check_amount`, not by type coercion)
     columns: dict[str, str] = field(default_factory=dict)
+    num_rows: int | None = None  # hub sources: the source's size, a planning hint for `run --dry-run` only
 
 
 @dataclass
