@@ -29,9 +29,16 @@ from ..errors import UserError
 # RolloutGroup.score.
 LogprobFn = Callable[[list[list[int]]], list[list[float]]]
 
-_DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "torch.float32": "float32", "half": "float16",
-                  "fp16": "float16", "torch.float16": "float16", "bf16": "bfloat16",
-                  "torch.bfloat16": "bfloat16"}
+_DTYPE_ALIASES = {
+    "float": "float32",
+    "fp32": "float32",
+    "torch.float32": "float32",
+    "half": "float16",
+    "fp16": "float16",
+    "torch.float16": "float16",
+    "bf16": "bfloat16",
+    "torch.bfloat16": "bfloat16",
+}
 
 
 class PreflightError(UserError):
@@ -47,8 +54,10 @@ class PreflightReport:
     seconds: float
 
     def line(self) -> str:
-        return (f"mean per-token KL {self.kl:.3g}, max |logprob diff| {self.max_abs_diff:.3g}, "
-                f"mean {self.mean_abs_diff:.3g} over {self.num_tokens} response tokens")
+        return (
+            f"mean per-token KL {self.kl:.3g}, max |logprob diff| {self.max_abs_diff:.3g}, "
+            f"mean {self.mean_abs_diff:.3g} over {self.num_tokens} response tokens"
+        )
 
 
 def _norm_dtype(d: Any) -> str | None:
@@ -58,8 +67,9 @@ def _norm_dtype(d: Any) -> str | None:
     return _DTYPE_ALIASES.get(s, s)
 
 
-def compare_logprobs(engine: Sequence[Sequence[float]], learner: Sequence[Sequence[float]],
-                     starts: Sequence[int]) -> tuple[float, float, float, int]:
+def compare_logprobs(
+    engine: Sequence[Sequence[float]], learner: Sequence[Sequence[float]], starts: Sequence[int]
+) -> tuple[float, float, float, int]:
     """(kl, max |d|, mean |d|, tokens) over positions >= starts[i] of each row."""
     total_kl = total_abs = 0.0
     max_abs = 0.0
@@ -67,7 +77,7 @@ def compare_logprobs(engine: Sequence[Sequence[float]], learner: Sequence[Sequen
     for i, (e_row, l_row) in enumerate(zip(engine, learner)):
         if len(e_row) != len(l_row):
             raise ValueError(f"sequence {i}: engine gave {len(e_row)} log-probs, learner {len(l_row)}")
-        for e, lr in zip(e_row[starts[i]:], l_row[starts[i]:]):
+        for e, lr in zip(e_row[starts[i] :], l_row[starts[i] :]):
             d = lr - e
             total_kl += math.expm1(d) - d
             total_abs += abs(d)
@@ -81,16 +91,27 @@ def compare_logprobs(engine: Sequence[Sequence[float]], learner: Sequence[Sequen
 def likely_cause(report: PreflightReport, engine_dtype: Any = None, learner_dtype: Any = None) -> str:
     e, lr = _norm_dtype(engine_dtype), _norm_dtype(learner_dtype)
     if e and lr and e != "auto" and e != lr and report.kl < 0.1:
-        return (f"dtype mismatch (engine {e} vs learner {lr}); run both in the same dtype or raise "
-                f"rl.preflight_max_kl")
-    return ("stale or different weights (the engine loaded another checkpoint, or the learner's "
-            "weights were not synced before step 1) or a tokenizer/chat-template mismatch between "
-            "the engine's model dir and the learner")
+        return (
+            f"dtype mismatch (engine {e} vs learner {lr}); run both in the same dtype or raise "
+            f"rl.preflight_max_kl"
+        )
+    return (
+        "stale or different weights (the engine loaded another checkpoint, or the learner's "
+        "weights were not synced before step 1) or a tokenizer/chat-template mismatch between "
+        "the engine's model dir and the learner"
+    )
 
 
-def preflight_kl(engine_group: Any, learner_logprob_fn: LogprobFn, prompts: Sequence[Sequence[int]], *,
-                 sampling: dict | None = None, max_kl: float = 1e-2, engine_dtype: Any = None,
-                 learner_dtype: Any = None) -> PreflightReport:
+def preflight_kl(
+    engine_group: Any,
+    learner_logprob_fn: LogprobFn,
+    prompts: Sequence[Sequence[int]],
+    *,
+    sampling: dict | None = None,
+    max_kl: float = 1e-2,
+    engine_dtype: Any = None,
+    learner_dtype: Any = None,
+) -> PreflightReport:
     """Generates one batch from `prompts` (token ids) with the engines, scores prompt+response
     with both sides and raises PreflightError when their mean per-token KL exceeds `max_kl`.
     Returns the report (log it) otherwise. `engine_dtype` defaults to the group's config."""
@@ -109,9 +130,11 @@ def preflight_kl(engine_group: Any, learner_logprob_fn: LogprobFn, prompts: Sequ
     if engine_dtype is None:
         engine_dtype = getattr(getattr(engine_group, "cfg", None), "dtype", None)
     if not kl <= max_kl:  # also catches NaN
-        raise PreflightError(f"preflight: vLLM and the learner disagree before step 1: {report.line()} "
-                             f"(max_kl {max_kl:g}); likely cause: "
-                             f"{likely_cause(report, engine_dtype, learner_dtype)}")
+        raise PreflightError(
+            f"preflight: vLLM and the learner disagree before step 1: {report.line()} "
+            f"(max_kl {max_kl:g}); likely cause: "
+            f"{likely_cause(report, engine_dtype, learner_dtype)}"
+        )
     return report
 
 
@@ -123,17 +146,17 @@ def hf_logprob_fn(model: Any, batch_size: int = 16, pad_id: int = 0) -> LogprobF
         out: list[list[float]] = []
         device = next(model.parameters()).device
         for b in range(0, len(sequences), batch_size):
-            chunk = sequences[b:b + batch_size]
+            chunk = sequences[b : b + batch_size]
             width = max(len(s) for s in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for i, s in enumerate(chunk):
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
             with torch.no_grad():
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
-            out.extend(lp[i, :len(s) - 1].tolist() for i, s in enumerate(chunk))
+            out.extend(lp[i, : len(s) - 1].tolist() for i, s in enumerate(chunk))
         return out
 
     return fn

@@ -18,6 +18,9 @@
   model path, gets the latest synced weights again, and the shard it was running is re-run; the
   call returns complete results. Up to `max_restarts` restarts per call.
 - Everything returned is plain Python (lists, floats, dataclasses): cheap to pickle.
+- An engine actor runs one call at a time, in submission order: a `sync_weights` issued while a
+  `generate` is in flight (one-step off-policy overlap) waits for it, so weights never change in
+  the middle of a generation, and the next generation sees the new weights.
 
 vLLM's CPU engine spawns its engine-core and worker processes, so scripts that create a group
 need an `if __name__ == "__main__":` guard. See docs/rollouts.md for numbers measured here.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,11 +70,13 @@ class RolloutConfig:
     seed: int = 0
     max_model_len: int = 2048  # prompt + response
     gpu_memory_utilization: float = 0.9  # cuda only
-    kv_cache_gib: float = 1.0  # cpu only: KV cache size (env VLLM_CPU_KVCACHE_SPACE wins if set)
+    # cpu only: KV cache GiB per engine. None: vLLM's env VLLM_CPU_KVCACHE_SPACE if set, else 1.
+    kv_cache_gib: float | None = None
     enforce_eager: bool = True  # no CUDA graphs / torch.compile: fast start, right for small models
-    # vLLM runs its engine core and workers in spawned processes (True, vLLM's default, and the
-    # faster generator: 14k vs 4.7k tokens/s for the tiny model here). False keeps everything in
-    # the actor process: an engine starts in ~2 s instead of ~20 s (tests, debugging).
+    # True (vLLM's default): engine core and worker run in spawned processes, so scheduling,
+    # output processing and the forward pass overlap. False keeps them in the actor process:
+    # the engine starts ~3x faster (11 s vs 29 s here, most of it imports) and restarts
+    # cheaply; for the tiny model on 2 shared cores its tokens/s was as good (docs/rollouts.md).
     multiprocess_engine: bool = True
     enable_prefix_caching: bool = True  # reset after every weight sync
     # Which log-prob vLLM reports for each sampled token: "processed_logprobs" is the
@@ -80,7 +86,7 @@ class RolloutConfig:
     transport: Literal["auto", "cpu", "nccl", "ipc"] = "auto"  # auto: cpu on cpu, nccl on cuda
     cpu_payload: Literal["shm", "bytes"] = "shm"  # cpu transport: /dev/shm file or RPC bytes
     max_restarts: int = 3  # engine restarts allowed within one call
-    ray_address: str | None = None  # None: $RAY_ADDRESS, else a running `ray start` cluster, else local
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else this machine's `ray start` cluster, else local
     ray_num_cpus: int | None = None  # only when a local Ray is started
     worker_extension_cls: str = "open_instruct.rl.worker_ext.WeightSyncExtension"
     engine_kwargs: dict = field(default_factory=dict)  # passed through to vllm.LLM
@@ -186,7 +192,12 @@ class RolloutEngine:
             worker_extension_cls=self.cfg.worker_extension_cls,
         )
         if self.cfg.device == "cpu":
-            kwargs["kv_cache_memory_bytes"] = int(self.cfg.kv_cache_gib * 2**30)
+            if self.cfg.kv_cache_gib is not None:
+                # vLLM lets its legacy env var override kv_cache_memory_bytes; the config wins.
+                os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+                kwargs["kv_cache_memory_bytes"] = int(self.cfg.kv_cache_gib * 2**30)
+            elif not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                kwargs["kv_cache_memory_bytes"] = 2**30
         else:
             kwargs["gpu_memory_utilization"] = self.cfg.gpu_memory_utilization
             if self.cfg.tensor_parallel_size > 1:
@@ -217,23 +228,26 @@ class RolloutEngine:
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_token_ids]
         return self.llm.generate(prompts, params, use_tqdm=False)
 
-    def generate(self, prompt_token_ids: list[list[int]], sampling: dict,
-                 seeds: list[int] | None = None) -> tuple[list[list[Completion]], float]:
+    def generate(
+        self, prompt_token_ids: list[list[int]], sampling: dict, seeds: list[int] | None = None
+    ) -> tuple[list[list[Completion]], float]:
         """n completions per prompt (sorted by sample index) and the engine's wall seconds."""
         t0 = time.perf_counter()
         outs = self._generate(prompt_token_ids, sampling, seeds)
         result = []
         for out in outs:
             samples = sorted(out.outputs, key=lambda c: c.index)
-            result.append([
-                Completion(
-                    token_ids=list(c.token_ids),
-                    logprobs=_token_logprobs(c.logprobs, c.token_ids),
-                    finish_reason="stop" if c.finish_reason == "stop" else "length",
-                    text=c.text if sampling.get("detokenize") else None,
-                )
-                for c in samples
-            ])
+            result.append(
+                [
+                    Completion(
+                        token_ids=list(c.token_ids),
+                        logprobs=_token_logprobs(c.logprobs, c.token_ids),
+                        finish_reason="stop" if c.finish_reason == "stop" else "length",
+                        text=c.text if sampling.get("detokenize") else None,
+                    )
+                    for c in samples
+                ]
+            )
         return result, time.perf_counter() - t0
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -243,8 +257,9 @@ class RolloutEngine:
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, flat_logprobs=True)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
-                                 use_tqdm=False)
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False
+        )
         result = []
         for seq, out in zip(sequences, outs):
             pl = out.prompt_logprobs  # position 0 is None
@@ -256,8 +271,11 @@ class RolloutEngine:
         # Cached KV blocks were computed with the old weights.
         self.llm.reset_prefix_cache()
         missing = sorted({m for r in results for m in r["missing"]})
-        return {"loaded": results[0]["loaded"], "missing": missing,
-                "worker_seconds": max(r["seconds"] for r in results)}
+        return {
+            "loaded": results[0]["loaded"],
+            "missing": missing,
+            "worker_seconds": max(r["seconds"] for r in results),
+        }
 
     def load_safetensors(self, payload: bytes, via_shm: bool = True) -> dict:
         """CPU transport. `payload` (safetensors bytes) arrives through Ray's object store; with
@@ -279,10 +297,12 @@ class RolloutEngine:
         out["engine_seconds"] = time.perf_counter() - t0
         return out
 
-    def init_broadcast_group(self, master_address: str, master_port: int, rank_offset: int,
-                             world_size: int) -> list[int]:
-        return self.llm.collective_rpc("oi_init_broadcast_group",
-                                       args=(master_address, master_port, rank_offset, world_size))
+    def init_broadcast_group(
+        self, master_address: str, master_port: int, rank_offset: int, world_size: int
+    ) -> list[int]:
+        return self.llm.collective_rpc(
+            "oi_init_broadcast_group", args=(master_address, master_port, rank_offset, world_size)
+        )
 
     def receive_broadcast(self, plan: list) -> dict:
         return self._after_sync(self.llm.collective_rpc("oi_receive_broadcast", args=(plan,)))
@@ -292,9 +312,6 @@ class RolloutEngine:
 
     def load_ipc(self, handles: bytes) -> dict:
         return self._after_sync(self.llm.collective_rpc("oi_load_ipc", args=(handles,)))
-
-    def fingerprint(self) -> float:
-        return self.llm.collective_rpc("oi_param_checksum")[0]
 
     def shutdown(self) -> None:
         # Dropping the LLM shuts its engine-core and worker processes down cleanly.
@@ -311,23 +328,40 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
+def cluster_address(cfg: RolloutConfig) -> str | None:
+    """The Ray cluster to join, if any: cfg.ray_address, else $RAY_ADDRESS, else the cluster of
+    the last `ray start --head` on this machine. Deliberately not `address="auto"`: on a shared
+    machine that joins *any* Ray instance it finds running, e.g. another user's test session."""
+    if cfg.ray_address:
+        return cfg.ray_address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        return find_bootstrap_address(None)
+    except Exception:  # private API moved: behave as if no cluster was started
+        return None
+
+
 def connect_ray(cfg: RolloutConfig) -> str:
-    """Joins Ray: an existing session in this process, cfg.ray_address / $RAY_ADDRESS, a cluster
-    started on this machine with `ray start --head`, or else a fresh local Ray. Returns which."""
+    """Joins Ray: an existing session in this process, else `cluster_address`, else a fresh
+    local Ray (num_cpus = cfg.ray_num_cpus). Returns which."""
     import ray
 
     if ray.is_initialized():
         return "existing"
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(cfg)
     if address:
-        ray.init(address=address)
-        return address
-    try:
-        ray.init(address="auto")  # a `ray start --head` on this machine
-        return "auto"
-    except ConnectionError:
-        pass
-    ray.init(num_cpus=cfg.ray_num_cpus, include_dashboard=False)
+        explicit = bool(cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+        try:
+            ray.init(address=address)
+            return address
+        except ConnectionError:
+            if explicit:
+                raise
+            # A stale address file from a stopped `ray start`: fall through to a local Ray.
+    ray.init(address="local", num_cpus=cfg.ray_num_cpus, include_dashboard=False)
     return "local"
 
 
@@ -358,6 +392,7 @@ class RolloutGroup:
         self._latest_weights: Mapping | None = None  # gpu transports: re-sent to a restarted engine
         self._broadcaster = None  # weight_sync.NcclBroadcaster once the group exists
         self.restarts = 0
+        self._restart_lock = threading.Lock()
         self.last_sync: dict | None = None
         t0 = time.perf_counter()
         self.engines = [self._start_engine(i) for i in range(cfg.num_engines)]
@@ -375,8 +410,9 @@ class RolloutGroup:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_per_engine, "runtime_env": {"env_vars": env}}
         if cfg.device == "cuda":
-            opts["num_gpus"] = (cfg.num_gpus_per_engine if cfg.num_gpus_per_engine is not None
-                                else cfg.tensor_parallel_size)
+            opts["num_gpus"] = (
+                cfg.num_gpus_per_engine if cfg.num_gpus_per_engine is not None else cfg.tensor_parallel_size
+            )
         else:
             opts["num_gpus"] = 0  # never ask Ray for a GPU on the CPU path
         return opts
@@ -414,26 +450,36 @@ class RolloutGroup:
         import ray
 
         results: list[Any] = [None] * len(per_engine_args)
-        pending = {}
+        pending: dict[Any, tuple[int, Any]] = {}  # ref -> (engine index, the handle it ran on)
+
+        def submit(i: int) -> None:
+            handle = self.engines[i]
+            pending[getattr(handle, method).remote(*per_engine_args[i])] = (i, handle)
+
         for i, args in enumerate(per_engine_args):
             if args is not None:
-                pending[getattr(self.engines[i], method).remote(*args)] = i
+                submit(i)
         restarts = 0
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            i = pending.pop(ref)
+            i, handle = pending.pop(done[0])
             try:
-                results[i] = ray.get(ref)
+                results[i] = ray.get(done[0])
             except Exception as exc:
                 if not _is_engine_death(exc):
                     raise
                 if restarts >= self.cfg.max_restarts:
-                    raise RuntimeError(f"rollout engine {i} died {restarts + 1} times in one call "
-                                       f"(max_restarts={self.cfg.max_restarts}): {exc}") from exc
+                    raise RuntimeError(
+                        f"rollout engine {i} died {restarts + 1} times in one call "
+                        f"(max_restarts={self.cfg.max_restarts}): {exc}"
+                    ) from exc
                 restarts += 1
-                self._restart_engine(i)
-                pending[getattr(self.engines[i], method).remote(*per_engine_args[i])] = i
+                with self._restart_lock:
+                    # Another thread (e.g. a sync while a generate is in flight) may already
+                    # have replaced this engine.
+                    if self.engines[i] is handle:
+                        self._restart_engine(i)
+                submit(i)
         return results, restarts
 
     # ---- rollouts ------------------------------------------------------------------------------
@@ -466,11 +512,6 @@ class RolloutGroup:
         args = [None if a == b else (seqs[a:b],) for a, b in split_evenly(len(seqs), len(self.engines))]
         results, _ = self._run("score", args)
         return [row for res in results if res is not None for row in res]
-
-    def fingerprints(self) -> list[float]:
-        import ray
-
-        return ray.get([e.fingerprint.remote() for e in self.engines])
 
     # ---- weight sync ---------------------------------------------------------------------------
     def sync_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict:

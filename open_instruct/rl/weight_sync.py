@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .worker_ext import PlanEntry
+from .worker_ext import PlanEntry, stateless_nccl
 
 if TYPE_CHECKING:
     from .rollout import RolloutGroup
@@ -37,12 +37,18 @@ if TYPE_CHECKING:
 # Wrappers that prefix parameter names: DDP/DeepSpeed ("module."), torch.compile ("_orig_mod.").
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-_DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-           "float16": torch.float16, "half": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
 
 
-def named_tensors(weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
-                  ) -> list[tuple[str, torch.Tensor]]:
+def named_tensors(
+    weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+) -> list[tuple[str, torch.Tensor]]:
     """(HF name, tensor) pairs with wrapper prefixes removed, in the given order."""
     items = weights.items() if isinstance(weights, Mapping) else weights
     out = []
@@ -52,7 +58,7 @@ def named_tensors(weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torc
             changed = False
             for prefix in _WRAPPER_PREFIXES:
                 if name.startswith(prefix):
-                    name, changed = name[len(prefix):], True
+                    name, changed = name[len(prefix) :], True
         out.append((name, tensor))
     return out
 
@@ -87,8 +93,10 @@ def serialize_safetensors(weights, dtype: torch.dtype | None = None) -> bytes:
 def _check_complete(results: list[dict], transport: str) -> None:
     missing = sorted({m for r in results for m in r["missing"]})
     if missing:
-        raise RuntimeError(f"weight sync ({transport}) left {len(missing)} vLLM parameters unloaded "
-                           f"(names not matching the engine's architecture?): {missing[:5]}")
+        raise RuntimeError(
+            f"weight sync ({transport}) left {len(missing)} vLLM parameters unloaded "
+            f"(names not matching the engine's architecture?): {missing[:5]}"
+        )
 
 
 def sync_cpu(group: RolloutGroup, weights) -> dict:
@@ -102,15 +110,24 @@ def sync_cpu(group: RolloutGroup, weights) -> dict:
     args = (group._weights_ref, group.cfg.cpu_payload == "shm")
     results, restarts = group._run("load_safetensors", [args] * len(group.engines))
     _check_complete(results, "cpu")
-    return {"transport": "cpu", "seconds": time.perf_counter() - t0, "serialize_seconds": t_ser,
-            "bytes": len(payload), "engine_seconds": max(r["engine_seconds"] for r in results),
-            "worker_seconds": max(r["worker_seconds"] for r in results), "restarts": restarts}
+    return {
+        "transport": "cpu",
+        "seconds": time.perf_counter() - t0,
+        "serialize_seconds": t_ser,
+        "bytes": len(payload),
+        "engine_seconds": max(r["engine_seconds"] for r in results),
+        "worker_seconds": max(r["worker_seconds"] for r in results),
+        "restarts": restarts,
+    }
 
 
 # ---- NCCL ------------------------------------------------------------------------------------
-def broadcast_plan(items: list[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None) -> list[PlanEntry]:
+def broadcast_plan(
+    items: list[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None
+) -> list[PlanEntry]:
     """What the engines must allocate, in send order: (name, dtype name, shape); floating
     tensors are sent in `dtype` when given (see wire_dtype)."""
+
     def name_of(t: torch.Tensor) -> str:
         d = dtype if dtype is not None and t.is_floating_point() else t.dtype
         return str(d).removeprefix("torch.")
@@ -123,8 +140,11 @@ def nccl_rank_offsets(num_engines: int, tensor_parallel_size: int) -> tuple[list
     return [1 + i * tensor_parallel_size for i in range(num_engines)], 1 + num_engines * tensor_parallel_size
 
 
-def broadcast_tensors(broadcast: Callable[[torch.Tensor], None], items: list[tuple[str, torch.Tensor]],
-                      dtype: torch.dtype | None = None) -> int:
+def broadcast_tensors(
+    broadcast: Callable[[torch.Tensor], None],
+    items: list[tuple[str, torch.Tensor]],
+    dtype: torch.dtype | None = None,
+) -> int:
     """Sends each tensor (as planned) from rank 0; returns bytes sent. A non-contiguous view
     would ship whatever follows its data pointer, hence `.contiguous()`."""
     sent = 0
@@ -138,19 +158,6 @@ def broadcast_tensors(broadcast: Callable[[torch.Tensor], None], items: list[tup
     return sent
 
 
-def _stateless_nccl(address: str, port: int, rank: int, world_size: int, device):
-    try:  # vLLM >= 0.32 ships the helper (it also unpins NCCL env settings)
-        from vllm.distributed.weight_transfer.nccl_common import stateless_init_process_group
-
-        return stateless_init_process_group(address, port, rank, world_size, device)
-    except ImportError:
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
-
-        pg = StatelessProcessGroup.create(host=address, port=port, rank=rank, world_size=world_size)
-        return PyNcclCommunicator(pg, device=device)
-
-
 class NcclBroadcaster:
     """The learner's end (rank 0) of the learner -> engine-workers NCCL group."""
 
@@ -162,9 +169,11 @@ class NcclBroadcaster:
         self.port = _free_port()
         offsets, self.world_size = nccl_rank_offsets(len(group.engines), group.cfg.tensor_parallel_size)
         # Both sides block in the rendezvous: start the engines' joins, then join ourselves.
-        refs = [e.init_broadcast_group.remote(self.address, self.port, off, self.world_size)
-                for e, off in zip(group.engines, offsets)]
-        self.comm = _stateless_nccl(self.address, self.port, 0, self.world_size, device)
+        refs = [
+            e.init_broadcast_group.remote(self.address, self.port, off, self.world_size)
+            for e, off in zip(group.engines, offsets)
+        ]
+        self.comm = stateless_nccl(self.address, self.port, 0, self.world_size, device)
         ray.get(refs)
 
     def send(self, items, dtype=None) -> int:
@@ -198,13 +207,21 @@ def sync_nccl(group: RolloutGroup, weights) -> dict:
     results = ray.get(refs)
     _check_complete(results, "nccl")
     group._latest_weights = weights
-    return {"transport": "nccl", "seconds": time.perf_counter() - t0, "bytes": sent,
-            "worker_seconds": max(r["worker_seconds"] for r in results), "restarts": 0}
+    return {
+        "transport": "nccl",
+        "seconds": time.perf_counter() - t0,
+        "bytes": sent,
+        "worker_seconds": max(r["worker_seconds"] for r in results),
+        "restarts": 0,
+    }
 
 
 # ---- CUDA IPC --------------------------------------------------------------------------------
-def ipc_handles(items: list[tuple[str, torch.Tensor]], device_uuid: str,
-                reduce: Callable[[torch.Tensor], tuple] | None = None) -> tuple[bytes, list[torch.Tensor]]:
+def ipc_handles(
+    items: list[tuple[str, torch.Tensor]],
+    device_uuid: str,
+    reduce: Callable[[torch.Tensor], tuple] | None = None,
+) -> tuple[bytes, list[torch.Tensor]]:
     """Pickled {device uuid: [(name, (rebuild_fn, args))]} and the tensors that must stay alive
     until the engine has loaded them."""
     if reduce is None:
@@ -229,12 +246,20 @@ def sync_ipc(group: RolloutGroup, weights) -> dict:
     del keep  # the engines have copied the weights into their own parameters
     _check_complete(results, "ipc")
     group._latest_weights = weights
-    return {"transport": "ipc", "seconds": time.perf_counter() - t0, "bytes": len(payload),
-            "worker_seconds": max(r["worker_seconds"] for r in results), "restarts": 0}
+    return {
+        "transport": "ipc",
+        "seconds": time.perf_counter() - t0,
+        "bytes": len(payload),
+        "worker_seconds": max(r["worker_seconds"] for r in results),
+        "restarts": 0,
+    }
 
 
 def describe(weights) -> dict[str, Any]:
     """Parameter count and bytes of a state dict (for logs)."""
     items = named_tensors(weights)
-    return {"tensors": len(items), "parameters": sum(t.numel() for _, t in items),
-            "bytes": sum(t.numel() * t.element_size() for _, t in items)}
+    return {
+        "tensors": len(items),
+        "parameters": sum(t.numel() for _, t in items),
+        "bytes": sum(t.numel() * t.element_size() for _, t in items),
+    }

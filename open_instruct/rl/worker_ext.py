@@ -34,8 +34,9 @@ import torch
 PlanEntry = tuple[str, str, list[int]]
 
 
-def load_with_layerwise_reload(model: torch.nn.Module, model_config: Any,
-                               weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+def load_with_layerwise_reload(
+    model: torch.nn.Module, model_config: Any, weights: Iterable[tuple[str, torch.Tensor]]
+) -> set[str]:
     """Loads HF-named checkpoint tensors into a vLLM model that has already been processed
     (repacked/quantised) after its first load. Returns the vLLM parameter names loaded."""
     from vllm.model_executor.model_loader.reload import (
@@ -53,8 +54,9 @@ def load_with_layerwise_reload(model: torch.nn.Module, model_config: Any,
     return set(loaded or ())
 
 
-def receive_broadcast(plan: list[PlanEntry], broadcast: Callable[[torch.Tensor], None],
-                      device: torch.device | str) -> Iterator[tuple[str, torch.Tensor]]:
+def receive_broadcast(
+    plan: list[PlanEntry], broadcast: Callable[[torch.Tensor], None], device: torch.device | str
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Allocates each planned tensor, fills it with `broadcast(tensor)` (an in-place receive
     from the learner's rank 0) and yields it for `model.load_weights`. Generator on purpose:
     one tensor at a time is alive, so a sync needs no second copy of the model."""
@@ -62,6 +64,21 @@ def receive_broadcast(plan: list[PlanEntry], broadcast: Callable[[torch.Tensor],
         tensor = torch.empty(shape, dtype=getattr(torch, dtype_name), device=device)
         broadcast(tensor)
         yield name, tensor
+
+
+def stateless_nccl(address: str, port: int, rank: int, world_size: int, device):
+    """A PyNcclCommunicator over a StatelessProcessGroup (TCP store rendezvous at address:port),
+    the way vLLM's own NCCL weight-transfer engine builds it; used on both ends."""
+    try:  # vLLM >= 0.32: the helper also unpins NCCL env settings vLLM sets for its own groups
+        from vllm.distributed.weight_transfer.nccl_common import stateless_init_process_group
+
+        return stateless_init_process_group(address, port, rank, world_size, device)
+    except ImportError:
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        pg = StatelessProcessGroup.create(host=address, port=port, rank=rank, world_size=world_size)
+        return PyNcclCommunicator(pg, device=device)
 
 
 class WeightSyncExtension:
@@ -72,15 +89,18 @@ class WeightSyncExtension:
     def _oi_model(self) -> torch.nn.Module:
         return self.model_runner.get_model()
 
-    def _oi_load(self, weights: Iterable[tuple[str, torch.Tensor]], expect: list[str] | None) -> dict:
+    def _oi_load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> dict:
         t0 = time.perf_counter()
         model = self._oi_model()
         loaded = load_with_layerwise_reload(model, self.model_config, weights)
         # A full sync must touch every parameter: a partially loaded fused layer (say q_proj
         # but not k/v of qkv_proj) would be finalised with uninitialised slices.
         missing = sorted(n for n, _ in model.named_parameters() if n not in loaded)
-        return {"loaded": len(loaded), "missing": missing, "seconds": time.perf_counter() - t0,
-                "expected": len(expect) if expect is not None else None}
+        return {
+            "loaded": len(loaded),
+            "missing": missing,
+            "seconds": time.perf_counter() - t0,
+        }
 
     # ---- CPU transport: safetensors bytes or a /dev/shm file --------------------------------
     def oi_load_safetensors(self, payload: bytes | str) -> dict:
@@ -94,21 +114,17 @@ class WeightSyncExtension:
             tensors = safetensors.torch.load(payload)
         device = self.device
         weights = ((k, v.to(device)) for k, v in tensors.items())
-        return self._oi_load(weights, list(tensors))
+        return self._oi_load(weights)
 
     # ---- NCCL transport (GPU): the learner broadcasts from rank 0 --------------------------
-    def oi_init_broadcast_group(self, master_address: str, master_port: int, rank_offset: int,
-                                world_size: int) -> int:
+    def oi_init_broadcast_group(
+        self, master_address: str, master_port: int, rank_offset: int, world_size: int
+    ) -> int:
         """Joins the learner's NCCL group (learner = rank 0, engine workers after it). Uses
         vLLM's StatelessProcessGroup + PyNcclCommunicator so it does not touch the worker's own
         torch.distributed group. Returns this worker's rank in the group."""
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
-
         rank = rank_offset + self.rank
-        pg = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank,
-                                          world_size=world_size)
-        self._oi_comm = PyNcclCommunicator(pg, device=self.device)
+        self._oi_comm = stateless_nccl(master_address, master_port, rank, world_size, self.device)
         return rank
 
     def oi_receive_broadcast(self, plan: list[PlanEntry]) -> dict:
@@ -117,7 +133,7 @@ class WeightSyncExtension:
         def recv(t: torch.Tensor) -> None:
             comm.broadcast(t, src=0, stream=torch.cuda.current_stream())
 
-        out = self._oi_load(receive_broadcast(plan, recv, self.device), [p[0] for p in plan])
+        out = self._oi_load(receive_broadcast(plan, recv, self.device))
         torch.cuda.synchronize()
         return out
 
@@ -145,14 +161,6 @@ class WeightSyncExtension:
                 args[6] = device_index  # the handle names the sender's index; use ours
                 yield name, rebuild(*args)
 
-        out = self._oi_load(opened(), [e[0] for e in entries])
+        out = self._oi_load(opened())
         torch.cuda.synchronize()
         return out
-
-    # ---- introspection (tests, preflight) -------------------------------------------------
-    def oi_param_checksum(self) -> float:
-        """Sum of |w| over all parameters: a cheap "which weights does this engine hold"."""
-        return float(sum(p.detach().float().abs().sum().item() for p in self._oi_model().parameters()))
-
-    def oi_param_names(self) -> list[tuple[str, list[int]]]:
-        return [(n, list(p.shape)) for n, p in self._oi_model().named_parameters()]

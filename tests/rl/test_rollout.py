@@ -16,7 +16,13 @@ import pytest
 import torch
 
 from open_instruct.errors import ConfigError
-from open_instruct.rl.rollout import RolloutConfig, RolloutGroup, check_sampling, split_evenly
+from open_instruct.rl.rollout import (
+    RolloutConfig,
+    RolloutGroup,
+    check_sampling,
+    cluster_address,
+    split_evenly,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +38,20 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def group(ray_session, tiny_model_dir):
-    cfg = RolloutConfig(model=str(tiny_model_dir), num_engines=2, dtype="float32", max_model_len=512,
-                        kv_cache_gib=0.25, multiprocess_engine=False, seed=0)
+    cfg = RolloutConfig(
+        model=str(tiny_model_dir),
+        num_engines=2,
+        dtype="float32",
+        max_model_len=512,
+        kv_cache_gib=0.25,
+        multiprocess_engine=False,
+        seed=0,
+    )
     g = RolloutGroup(cfg)
-    print(f"\n[rollout] 2 engines ready in {g.start_seconds:.1f} s "
-          f"(per engine {[round(i['start_seconds'], 1) for i in g.engine_info]})")
+    print(
+        f"\n[rollout] 2 engines ready in {g.start_seconds:.1f} s "
+        f"(per engine {[round(i['start_seconds'], 1) for i in g.engine_info]})"
+    )
     yield g
     g.shutdown()
 
@@ -75,6 +90,24 @@ def test_check_sampling_rejects_unknown_and_wrong_types():
         RolloutConfig(model="x", device="cpu", transport="nccl").validate()
 
 
+def test_rollout_config_loads_strictly_from_yaml_dicts():
+    from open_instruct.config import from_dict
+
+    cfg = from_dict(RolloutConfig, {"model": "m", "num_engines": 2, "kv_cache_gib": 1, "transport": "CPU"})
+    assert cfg.num_engines == 2 and cfg.kv_cache_gib == 1.0 and cfg.resolved_transport == "cpu"
+    assert from_dict(RolloutConfig, {"model": "m", "device": "cuda"}).resolved_transport == "nccl"
+    with pytest.raises(ConfigError, match="did you mean 'num_engines'"):
+        from_dict(RolloutConfig, {"model": "m", "num_engine": 2}, "rollout")
+    with pytest.raises(ConfigError, match=r"rollout.model: required"):
+        from_dict(RolloutConfig, {"num_engines": 2}, "rollout")
+
+
+def test_cluster_address_order(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert cluster_address(RolloutConfig(model="m", ray_address="10.0.0.2:6379")) == "10.0.0.2:6379"
+    assert cluster_address(RolloutConfig(model="m")) == "10.0.0.1:6379"
+
+
 # ---- engines ------------------------------------------------------------------------------
 def test_generate_returns_n_samples_per_prompt_with_logprobs(group, prompts, tiny_tokenizer):
     gen = group.generate(prompts, {"n": 3, "max_tokens": 24, "temperature": 1.0, "seed": 1})
@@ -94,7 +127,9 @@ def test_generate_returns_n_samples_per_prompt_with_logprobs(group, prompts, tin
                 assert c.finish_reason == "stop" and c.token_ids[-1] == eos
     assert gen.num_tokens == sum(len(c.token_ids) for s in gen.completions for c in s)
     assert gen.seconds > 0 and gen.tokens_per_second > 0
-    print(f"\n[rollout] {gen.num_tokens} tokens in {gen.seconds:.2f} s = {gen.tokens_per_second:.0f} tokens/s")
+    print(
+        f"\n[rollout] {gen.num_tokens} tokens in {gen.seconds:.2f} s = {gen.tokens_per_second:.0f} tokens/s"
+    )
 
 
 def test_finish_reasons_eos_and_length(group, prompts, tiny_tokenizer):
@@ -129,9 +164,10 @@ def test_greedy_equals_hf_greedy(group, prompts, learner):
     gen = group.generate(prompts[:2], {"n": 1, "max_tokens": 8, "temperature": 0.0, "ignore_eos": True})
     for p, samples in zip(prompts[:2], gen.completions):
         with torch.no_grad():
-            out = learner.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False,
-                                      eos_token_id=None, pad_token_id=0)
-        assert samples[0].token_ids == out[0, len(p):].tolist()
+            out = learner.generate(
+                torch.tensor([p]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        assert samples[0].token_ids == out[0, len(p) :].tolist()
 
 
 def test_score_matches_hf_logprobs(group, prompts, learner, logprob_diff):

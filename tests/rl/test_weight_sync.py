@@ -40,8 +40,16 @@ SEQS = [
 
 @pytest.fixture(scope="module")
 def engine(ray_session, tiny_model_dir):
-    cfg = RolloutConfig(model=str(tiny_model_dir), num_engines=1, dtype="float32", max_model_len=512,
-                        kv_cache_gib=0.25, multiprocess_engine=True, transport="cpu", cpu_payload="shm")
+    cfg = RolloutConfig(
+        model=str(tiny_model_dir),
+        num_engines=1,
+        dtype="float32",
+        max_model_len=512,
+        kv_cache_gib=0.25,
+        multiprocess_engine=True,
+        transport="cpu",
+        cpu_payload="shm",
+    )
     g = RolloutGroup(cfg)
     print(f"\n[weight_sync] engine (spawned vLLM processes) ready in {g.start_seconds:.1f} s")
     yield g
@@ -131,9 +139,13 @@ def test_parity_after_sync_and_not_before(engine, learner, logprob_diff):
     stats = [engine.sync_weights(learner.state_dict()) for _ in range(3)]
     after = logprob_diff(learner, engine.score(SEQS), SEQS)
     secs = sorted(s["seconds"] for s in stats)
-    print(f"\n[weight_sync] cpu/shm sync of {stats[0]['bytes'] / 1e6:.2f} MB: {secs[1]:.3f} s (median of 3, "
-          f"worker load {stats[0]['worker_seconds']:.3f} s); parity before sync {before:.3g}, after {after:.3g}")
-    assert after < 1e-4, f"vLLM vs HF log-probs after sync: max abs diff {after:.3g} (before sync {before:.3g})"
+    print(
+        f"\n[weight_sync] cpu/shm sync of {stats[0]['bytes'] / 1e6:.2f} MB: {secs[1]:.3f} s (median of 3, "
+        f"worker load {stats[0]['worker_seconds']:.3f} s); parity before sync {before:.3g}, after {after:.3g}"
+    )
+    assert after < 1e-4, (
+        f"vLLM vs HF log-probs after sync: max abs diff {after:.3g} (before sync {before:.3g})"
+    )
     assert all(s["transport"] == "cpu" and s["seconds"] > 0 for s in stats)
 
 
@@ -160,11 +172,15 @@ def test_incomplete_state_dict_is_refused_and_engine_recovers(engine, learner, l
     assert diff < 1e-4, f"after a full re-sync: max abs diff {diff:.3g}"
 
 
-def test_preflight_passes_matched_and_refuses_other_weights(engine, learner, tiny_tokenizer, other_tiny_model_dir):
+def test_preflight_passes_matched_and_refuses_other_weights(
+    engine, learner, tiny_tokenizer, other_tiny_model_dir
+):
     from transformers import AutoModelForCausalLM
 
-    prompts = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"]
-               for t in ["What is 12 + 34?", "Write a short poem.", "the sum of two", "Please explain"]]
+    prompts = [
+        tiny_tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in ["What is 12 + 34?", "Write a short poem.", "the sum of two", "Please explain"]
+    ]
     engine.sync_weights(learner.state_dict())
     report = preflight_kl(engine, hf_logprob_fn(learner), prompts, learner_dtype=torch.float32)
     print(f"\n[preflight] matched: {report.line()} ({report.seconds:.2f} s)")
@@ -184,8 +200,13 @@ def test_preflight_passes_matched_and_refuses_other_weights(engine, learner, tin
     # message names the dtype mismatch.
     engine.sync_weights(learner.state_dict())
     with pytest.raises(PreflightError, match=r"dtype mismatch \(engine float32 vs learner bfloat16\)"):
-        preflight_kl(engine, hf_logprob_fn(learner.to(torch.bfloat16)), prompts, max_kl=1e-9,
-                     learner_dtype=torch.bfloat16)
+        preflight_kl(
+            engine,
+            hf_logprob_fn(learner.to(torch.bfloat16)),
+            prompts,
+            max_kl=1e-9,
+            learner_dtype=torch.bfloat16,
+        )
 
 
 def test_olmo2_hf_names_load_into_vllm(ray_session, tiny_olmo2_dir, logprob_diff):
@@ -195,8 +216,15 @@ def test_olmo2_hf_names_load_into_vllm(ray_session, tiny_olmo2_dir, logprob_diff
 
     learner = AutoModelForCausalLM.from_pretrained(tiny_olmo2_dir, dtype=torch.float32).eval()
     _sgd_steps(learner)
-    g = RolloutGroup(RolloutConfig(model=str(tiny_olmo2_dir), dtype="float32", max_model_len=512,
-                                   kv_cache_gib=0.25, multiprocess_engine=False))
+    g = RolloutGroup(
+        RolloutConfig(
+            model=str(tiny_olmo2_dir),
+            dtype="float32",
+            max_model_len=512,
+            kv_cache_gib=0.25,
+            multiprocess_engine=False,
+        )
+    )
     try:
         before = logprob_diff(learner, g.score(SEQS), SEQS)
         g.sync_weights(learner.state_dict())
