@@ -144,6 +144,7 @@ class Launch:
     num_processes: int = 1
     nodes: int = 1
     master_port: int = 29500
+    gpu_memory_gb: float | None = None  # the dry run flags stages whose estimate exceeds this per GPU
 
     def validate(self, where: str) -> None:
         if self.num_processes < 1 or self.nodes < 1:
@@ -211,6 +212,7 @@ class Plan:
     eval_mix: str | None
     eval: EvalSpec | None
     raw: dict  # the recipe after overrides (written to <output>/recipe.yaml)
+    eval_label: str = ""  # how the eval mix is named in plans and reports
 
     @property
     def where(self) -> str:
@@ -371,12 +373,17 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
     # held-out eval
     ev = recipe.eval
     eval_mix = None
+    eval_label = ""
     if ev is not None:
         ew = f"{where} eval"
         if isinstance(ev.dataset_mix, dict):
             eval_mix = _materialise_inline_mix(ev.dataset_mix, mix_dir / "eval.yaml", recipe_dir, f"{ew}.dataset_mix")
+            eval_label = "inline mix: " + ", ".join(
+                str(src.get("hf") or src.get("path")) + (f" [{src['split']}]" if src.get("split") else "")
+                for src in ev.dataset_mix.get("sources") or [] if isinstance(src, dict))
         elif isinstance(ev.dataset_mix, str):
             eval_mix = resolve_path(ev.dataset_mix, recipe_dir, f"{ew}.dataset_mix")
+            eval_label = eval_mix
         else:
             raise ConfigError(f"{ew}.dataset_mix: expected a path or an inline mix mapping")
         from .rl.rollout import RolloutConfig
@@ -446,7 +453,7 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
     if ev is not None:
         _check_eval_data(eval_mix, ev, f"{where} eval")
     return Plan(recipe=recipe, recipe_path=recipe_path, overrides=list(overrides or []), output=output_dir,
-                base=base, tiny=tiny, stages=stages, eval_mix=eval_mix, eval=ev, raw=raw)
+                base=base, tiny=tiny, stages=stages, eval_mix=eval_mix, eval=ev, raw=raw, eval_label=eval_label)
 
 
 def _resolve_reward_spec(spec: str, recipe_dir: Path, where: str) -> str:
@@ -640,11 +647,14 @@ def format_plan(plan: Plan) -> str:
                  f"plan.KNOWN_ARCHS or use a local dir with config.json)")
     if plan.eval is not None:
         ev = plan.eval
-        L.append(f"held-out eval after each stage: {plan.eval_mix} ({'first ' + str(ev.limit) if ev.limit else 'all'} prompts, "
+        L.append(f"held-out eval after each stage: {plan.eval_label} ({'first ' + str(ev.limit) if ev.limit else 'all'} prompts, "
                  f"{ev.samples} sample(s), temperature {ev.resolved_temperature}, max {ev.max_tokens} tokens)")
+    gpu = r.launch.gpu_memory_gb
+    L.append(f"launch: {r.launch.num_processes} process(es) on {r.launch.nodes} node(s) for SFT/DPO"
+             + (f"; {gpu:g} GB per GPU" if gpu else ""))
     for sp in plan.stages:
         L.append("")
-        L += _format_stage(sp, base_arch, len(plan.stages))
+        L += _format_stage(sp, base_arch, len(plan.stages), gpu)
     return "\n".join(L)
 
 
@@ -658,7 +668,7 @@ def _format_amounts(amounts: list, indent: str) -> list[str]:
     return out
 
 
-def _format_stage(sp: StagePlan, base_arch, n_stages: int) -> list[str]:
+def _format_stage(sp: StagePlan, base_arch, n_stages: int, gpu_gb: float | None = None) -> list[str]:
     cfg = sp.cfg
     L = [f"[{sp.index + 1}/{n_stages}] {sp.name} ({sp.type}): {cfg.model_name_or_path} -> {sp.out}"]
     for role, mix in sp.mixes.items():
@@ -731,6 +741,20 @@ def _format_stage(sp: StagePlan, base_arch, n_stages: int) -> list[str]:
     L.append(f"  memory ({arch.name}, {'bf16' if w == 2 else 'fp32'} weights, {zs}, gradient checkpointing "
              f"{'on' if cfg.gradient_checkpointing else 'off'}):")
     L += planmod.format_memory(mem)
+    if gpu_gb:
+        budget = gpu_gb * planmod.GB
+        if mem.learner_total > budget:
+            L.append(f"    WARNING: the training process estimate ({planmod.fmt_gb(mem.learner_total)}) exceeds "
+                     f"{gpu_gb:g} GB per GPU")
+        if mem.engine:
+            weights, kv = mem.engine.get("weights", 0.0), mem.engine.get("kv cache", 0.0)
+            if weights > budget:
+                L.append(f"    WARNING: the vLLM engine's weights ({planmod.fmt_gb(weights)}) exceed {gpu_gb:g} GB "
+                         f"per GPU: raise rollout.tensor_parallel_size")
+            elif weights + kv > budget:
+                free = max(budget * 0.9 - weights, 1.0)
+                L.append(f"    (vLLM has ~{planmod.fmt_gb(free)} for KV cache at 90% utilisation: it generates "
+                         f"the batch in ~{-(-kv // free):.0f} waves)")
     return L
 
 
@@ -1243,7 +1267,7 @@ def format_summary(plan: Plan, results: list[StageResult], total: float) -> str:
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = ["", f"== recipe {plan.recipe.name}: {len(plan.stages)} stage(s) in {plan.output} "
                f"({_fmt_secs(total)} this run)",
-           f"   held-out = {heldout_label(plan)} on {plan.eval_mix}" if plan.eval else "   (no held-out eval: eval: null)",
+           f"   held-out = {heldout_label(plan)} on {plan.eval_label}" if plan.eval else "   (no held-out eval: eval: null)",
            line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     return "\n".join(out)
@@ -1259,7 +1283,7 @@ def write_report(plan: Plan, results: list[StageResult], total: float) -> Path:
         L += [plan.recipe.description.strip(), ""]
     L += ["## Summary", ""]
     if plan.eval:
-        L += [f"Held-out = {heldout_label(plan)} on `{plan.eval_mix}`"
+        L += [f"Held-out = {heldout_label(plan)} on `{plan.eval_label}`"
               f"{f' (first {plan.eval.limit} prompts)' if plan.eval.limit else ''}; the number in brackets is the "
               f"change from the previous row.", ""]
     L.append("| " + " | ".join(SUMMARY_HEADER) + " |")
