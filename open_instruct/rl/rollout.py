@@ -51,6 +51,7 @@ SAMPLING_KEYS = {
     "n": (int,),  # samples per prompt
     "seed": (int, type(None)),
     "stop_token_ids": (list, type(None)),  # extra stop tokens; EOS always stops
+    "stop": (list, str, type(None)),  # stop strings (vLLM then detokenizes; excluded from text)
     "ignore_eos": (bool,),
     "detokenize": (bool,),  # also return text (the learner usually decodes itself)
 }
@@ -114,8 +115,8 @@ class RolloutConfig:
 class Completion:
     token_ids: list[int]  # generated tokens, the EOS/stop token included when it stopped
     logprobs: list[float]  # log-prob of each generated token under the sampling distribution
-    finish_reason: str  # "stop" (EOS or a stop token) | "length" (hit max_tokens / max_model_len)
-    text: str | None = None  # only with sampling["detokenize"] = True
+    finish_reason: str  # "stop" (EOS, a stop token or stop string) | "length" (max_tokens / max_model_len)
+    text: str | None = None  # with sampling["detokenize"] or "stop" (then cut before the stop string)
 
     @property
     def stopped(self) -> bool:
@@ -218,7 +219,8 @@ class RolloutEngine:
         from vllm.inputs import TokensPrompt
 
         sampling = dict(sampling)
-        detokenize = sampling.pop("detokenize", False)
+        # Stop strings are matched on text, so they need vLLM's detokenizer.
+        detokenize = sampling.pop("detokenize", False) or bool(sampling.get("stop"))
         base = dict(logprobs=0, detokenize=detokenize, flat_logprobs=True, **sampling)
         base.pop("seed", None)
         if seeds is None:
@@ -243,7 +245,7 @@ class RolloutEngine:
                         token_ids=list(c.token_ids),
                         logprobs=_token_logprobs(c.logprobs, c.token_ids),
                         finish_reason="stop" if c.finish_reason == "stop" else "length",
-                        text=c.text if sampling.get("detokenize") else None,
+                        text=c.text if sampling.get("detokenize") or sampling.get("stop") else None,
                     )
                     for c in samples
                 ]

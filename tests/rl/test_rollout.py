@@ -145,6 +145,18 @@ def test_finish_reasons_eos_and_length(group, prompts, tiny_tokenizer):
     assert all(len(c.token_ids) == 64 for c in cut)
 
 
+def test_stop_strings_end_generation(group, prompts, tiny_tokenizer):
+    gen = group.generate(prompts, {"n": 2, "max_tokens": 48, "seed": 5, "stop": ["e"]})
+    flat = [c for s in gen.completions for c in s]
+    assert any(c.stopped for c in flat)
+    for c in flat:
+        assert c.text is not None and "e" not in c.text
+        if c.stopped and c.token_ids[-1] != tiny_tokenizer.eos_token_id:
+            assert "e" in tiny_tokenizer.decode(
+                c.token_ids
+            )  # the token that completed the stop string is kept
+
+
 def test_seeded_sampling_is_deterministic_and_independent_of_engine_split(group, prompts):
     sampling = {"n": 2, "max_tokens": 16, "temperature": 1.0, "seed": 7}
     a = group.generate(prompts, sampling)
