@@ -209,8 +209,8 @@ def make_loss_fn(cfg: RLVRConfig):
         batch = {k: mb[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")}
         mask = mb["labels"] != -100
         units = float(mask.sum())
+        (lp, ent), values = model(batch, with_values=cfg.algorithm == "ppo", return_entropy=True)
         if cfg.algorithm == "ppo":
-            (lp, ent), values = model(batch, with_values=True, return_entropy=True)
             pg = L.ppo_policy_loss(lp, mb["old_logp"], mb["advantages"], mask, cfg.cliprange,
                                    agg="token", token_normalizer=1.0)
             vf = L.value_loss(values, mb["values"], mb["returns"], mask, cfg.cliprange_value,
@@ -221,24 +221,16 @@ def make_loss_fn(cfg: RLVRConfig):
                        "value_clip_fraction": float(vf.clip_fraction) * units,
                        "approx_kl": float(pg.approx_kl) * units}
         else:
-            lp, ent = model(batch, return_entropy=True) if isinstance(model, ActorCritic) \
-                else _policy_forward(model, batch)
             out = L.grpo_loss(lp, mb["old_logp"], mb.get("ref_logp"), mb["advantages"], mask,
                               cfg.cliprange, cfg.beta, kl_estimator=cfg.estimator, agg="token",
                               token_normalizer=1.0)
             total = out.loss
             metrics = {"policy_loss": float(out.policy_loss), "clip_fraction": float(out.clip_fraction) * units,
                        "approx_kl": float(out.approx_kl) * units, "kl_loss": float(out.kl)}
-        metrics["entropy"] = float(L.masked_sum(ent, mask))
+        metrics["entropy"] = float(L.masked_sum(ent.detach(), mask))
         return LossOut(total=total, units=units, metrics=metrics)
 
     return loss_fn
-
-
-def _policy_forward(model, batch):
-    from ..model.policy import token_logprobs
-
-    return token_logprobs(model, batch, return_entropy=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -389,7 +381,8 @@ class RLVRRun:
             final = scores * cfg.verification_reward
             if penalty is not None:
                 final = torch.where(finished, final, torch.full_like(final, penalty))
-            exp.advantages = adv.grpo_advantages(final, n, normalize_std=cfg.grpo_normalize_std)
+            per_seq = adv.grpo_advantages(final, n, normalize_std=cfg.grpo_normalize_std)
+            exp.advantages = per_seq[:, None] * mask  # every token of a response shares its advantage
             seq_kl = L.masked_sum(L.kl_estimate(exp.old_logp, exp.ref_logp, "k1"), mask, dim=-1)
 
         # K epochs x M mini-batches, each one optimizer step of micro-batches
@@ -462,6 +455,11 @@ class RLVRRun:
         if self.eval_data is not None and start == 0:
             evals["before"] = self.evaluate()
             tracker.log(0, evals["before"])
+        elif self.eval_data is not None:  # resumed: the step-0 evaluation is in metrics.jsonl
+            from ..track import read_metrics
+
+            first = [r for r in read_metrics(self.out / "metrics.jsonl") if r.get("step") == 0]
+            evals["before"] = {k: v for k, v in (first[0] if first else {}).items() if k.startswith("eval/")}
         pool = ThreadPoolExecutor(max_workers=1) if cfg.async_mode else None
         pending = pool.submit(self.generate, start) if pool and start < self.plan.num_steps else None
         try:
@@ -479,16 +477,15 @@ class RLVRRun:
                     pending.result()  # weights may only change between generations
                 metrics["weight_sync_s"] = self.sync()
                 metrics["episodes"] = (step + 1) * cfg.rollout_batch
-                if cfg.eval_every and self.eval_data is not None and (step + 1) % cfg.eval_every == 0 \
-                        and step + 1 < self.plan.num_steps:
+                last = step + 1 == self.plan.num_steps
+                if self.eval_data is not None and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
                     metrics.update(self.evaluate())
+                    if last:
+                        evals["after"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
                 tracker.log(step + 1, metrics)
                 if cfg.checkpointing_steps and (step + 1) % cfg.checkpointing_steps == 0 \
                         and step + 1 < self.plan.num_steps:
                     engine.save_checkpoint(step + 1, {"data_hash": self.data.data_hash})
-            if self.eval_data is not None:
-                evals["after"] = self.evaluate()
-                tracker.log(self.plan.num_steps, evals["after"])
         finally:
             tracker.close()
             if pool:

@@ -140,6 +140,8 @@ class BatchPlan:
 
     @property
     def num_steps(self) -> int:
+        if math.isinf(self.num_epochs):  # RL: as many passes over the prompts as the steps need
+            return self.max_steps
         full = int(math.ceil(self.steps_per_epoch * self.num_epochs))
         return min(full, self.max_steps) if self.max_steps else full
 
