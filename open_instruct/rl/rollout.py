@@ -533,7 +533,11 @@ class RolloutGroup:
         return out
 
     def _close_broadcaster(self) -> None:
+        """Tears down the learner <-> engines NCCL group (rebuilt at the next nccl sync). The
+        engines' close calls are queued, so they run before any later init on the same actor."""
         if self._broadcaster is not None:
+            for e in self.engines:
+                e.close_broadcast_group.remote()
             self._broadcaster.close()
             self._broadcaster = None
 
