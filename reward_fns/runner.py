@@ -154,6 +154,7 @@ class _Worker:
     received: int = 0
     deadline: float = 0.0
     load_errors: dict[str, str] = field(default_factory=dict)
+    warmed: set[str] = field(default_factory=set)
 
 
 class RewardRunner:
@@ -318,7 +319,7 @@ class RewardRunner:
                     if w.proc.poll() is not None:  # died while idle: not the next sample's fault
                         self._replace(w)
                         continue
-                    self._assign(w, tasks.popleft())
+                    self._assign(w, tasks.popleft(), tasks)
             waiting = [w for w in self._workers if w.state in ("starting", "busy")]
             if not waiting:
                 if tasks and not self._workers:
@@ -338,7 +339,8 @@ class RewardRunner:
                     start_failures += self._on_death(w, tasks, results)
                     continue
                 if msg[0] == "ready":
-                    w.state, w.load_errors = "idle", msg[1]
+                    w.state = "idle"
+                    w.load_errors.update(msg[1])
                     start_failures = 0
                 elif msg[0] == "result":
                     results[msg[1]] = msg[2]
@@ -366,7 +368,19 @@ class RewardRunner:
                 break
         return results
 
-    def _assign(self, w: _Worker, task: _Task) -> None:
+    def _assign(self, w: _Worker, task: _Task, tasks: deque[_Task]) -> None:
+        spec = registry._REGISTRY.get(task.name)
+        if spec is not None and spec.warmup is not None and task.name not in w.warmed:
+            # First use of this reward in this worker: warm it up (e.g. import sympy) under the start-up
+            # deadline, so the slow first call is not charged to a sample's timeout.
+            w.warmed.add(task.name)
+            tasks.appendleft(task)
+            w.state, w.deadline = "starting", time.monotonic() + self.startup_timeout_s
+            try:
+                w.send_conn.send(("warm", [task.name]))
+            except (OSError, ValueError):
+                pass
+            return
         w.task, w.received, w.state = task, 0, "busy"
         # A batch call answers all at once, so it gets the whole chunk's time.
         w.deadline = time.monotonic() + task.timeout_s * (len(task.items) if task.as_batch else 1)

@@ -5,8 +5,9 @@ multiprocessing's "spawn", but without re-importing the caller's ``__main__`` mo
 inside Ray actors, notebooks and scripts without a main guard). Messages are pickled over two pipes
 with ``multiprocessing.connection``:
 
-    parent -> worker: {"init": ...} once, then ("score", name, items, as_batch) ..., ("stop",)
-    worker -> parent: ("ready", load_errors) once, then ("result", index, Outcome) per sample
+    parent -> worker: {init} once, then ("score", name, items, as_batch) / ("warm", names) ..., ("stop",)
+    worker -> parent: ("ready", load_errors) after init and after each warm-up, ("result", index,
+                      Outcome) per sample
 
 One result message per sample, sent as soon as the sample is scored, is what lets the parent time
 each sample separately and, after killing a hung worker, know exactly which sample hung.
@@ -90,14 +91,20 @@ def serve(rconn: Connection, wconn: Connection) -> None:
     from . import registry
     from .outcome import error_outcome, interpret
 
+    def warm(names: list[str]) -> dict[str, str]:
+        errors = {}
+        for name in names:
+            try:
+                spec = registry.get_spec(name)
+                if spec.warmup is not None:
+                    spec.warmup()
+            except Exception as e:  # noqa: BLE001
+                errors[name] = f"warm-up failed: {type(e).__name__}: {e}"
+        return errors
+
     load_errors = _load(init.get("user", []))
-    for name in init.get("warm", []):
-        try:
-            spec = registry.get_spec(name)
-            if spec.warmup is not None:
-                spec.warmup()
-        except Exception as e:  # noqa: BLE001
-            load_errors.setdefault(name, f"warm-up failed: {type(e).__name__}: {e}")
+    for name, error in warm(init.get("warm", [])).items():
+        load_errors.setdefault(name, error)
     wconn.send(("ready", load_errors))
     while True:
         try:
@@ -106,6 +113,11 @@ def serve(rconn: Connection, wconn: Connection) -> None:
             return
         if msg[0] == "stop":
             return
+        if msg[0] == "warm":
+            errors = warm(msg[1])
+            load_errors.update(errors)
+            wconn.send(("ready", errors))
+            continue
         _, name, items, as_batch = msg
         if name in load_errors:
             for item in items:

@@ -156,6 +156,8 @@ def verify_bullet_points(text: str, N) -> bool:
     dividers are not bullets)."""
     bullets = 0
     for line in text.split("\n"):
+        if not line or line.lstrip()[:1] not in ("*", "-"):
+            continue
         line = line.strip()
         if _BULLET.match(line) and not _RULE.fullmatch(line):
             bullets += 1
@@ -175,12 +177,19 @@ def validate_choice(text: str, options) -> bool:
     return any(o.strip() and o.strip() in text for o in string_list(options, "options"))
 
 
+_STAR_RUN = re.compile(r"\*+")
+
+
 def validate_highlighted_sections(text: str, N) -> bool:
     """At least N non-empty sections highlighted with markdown, ``*like this*`` (``**bold**`` counts)."""
+    # What re.findall(r"\*+([^\n*]+)\*+") finds, in linear time (that regex is quadratic on a long run
+    # of "*"): on each line, the pieces between runs of stars pair up as open-run, text, close-run.
     count = 0
-    for m in re.finditer(r"\*+([^\n*]+)\*+", text):
-        if m.group(1).strip():
-            count += 1
+    for line in text.split("\n"):
+        if "*" not in line:
+            continue
+        pieces = _STAR_RUN.split(line)
+        count += sum(1 for piece in pieces[1:-1:2] if piece.strip())
     return count >= to_int(N, "N")
 
 
@@ -191,7 +200,7 @@ def validate_sections(text: str, N, section_splitter) -> bool:
     splitter = str(section_splitter).strip()
     if not splitter:
         raise ValueError("section_splitter must not be empty")
-    header = re.compile(r"^[^\S\n]*[#*]*[^\S\n]*" + re.escape(splitter) + r"\b", re.MULTILINE)
+    header = re.compile(r"^[^\S\n]*(?:[#*]+[^\S\n]*)?" + re.escape(splitter) + r"\b", re.MULTILINE)
     starts = [m.start() for m in header.finditer(text)]
     if not starts or text[: starts[0]].strip():
         return False

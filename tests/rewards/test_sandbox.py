@@ -17,6 +17,9 @@ PROJECT = Path(__file__).resolve().parents[2]
 FAST = SandboxLimits(wall_s=3.0, cpu_s=1.0, per_test_timeout_s=1.0, memory_mb=512, output_bytes=1 << 16)
 
 code = get_reward("code")
+# "Stopped promptly": within the wall limit plus slack for process start-up on a machine whose cores
+# other jobs are also using (a hang would run forever, a fork bomb would take the machine down).
+PROMPT = FAST.wall_s + 5
 
 
 @pytest.fixture(autouse=True)
@@ -79,26 +82,26 @@ def test_last_python_block_is_used():
 
 def test_infinite_loop_is_stopped():
     score, seconds, _ = score_hostile("while True:\n    pass")
-    assert score == 0.0 and seconds < 3
+    assert score == 0.0 and seconds < PROMPT
 
 
 def test_loop_that_swallows_the_timer_is_killed():
     score, seconds, _ = score_hostile(
         "import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.01)"
     )
-    assert score == 0.0 and seconds < FAST.wall_s + 2
+    assert score == 0.0 and seconds < PROMPT
 
 
 def test_fork_bomb_is_stopped():
     score, seconds, meta = score_hostile("import os\nwhile True:\n    os.fork()")
-    assert score == 0.0 and seconds < 3
+    assert score == 0.0 and seconds < PROMPT
     score, _, _ = score_hostile("import subprocess\nsubprocess.run(['sh', '-c', ':(){ :|:& };:'])")
     assert score == 0.0
 
 
 def test_allocating_10_gb_is_stopped():
     score, seconds, meta = score_hostile("x = bytearray(10 * 1024 ** 3)")
-    assert score == 0.0 and seconds < 3
+    assert score == 0.0 and seconds < PROMPT
     assert "MemoryError" in meta.get("error", "")
 
 
@@ -166,9 +169,9 @@ def test_environment_secrets_are_not_visible(monkeypatch):
 
 def test_printing_a_gigabyte_is_cut_off():
     score, seconds, _ = score_hostile("for _ in range(1 << 20):\n    print('x' * 1024)")
-    assert score == 0.0 and seconds < 3
+    assert score == 0.0 and seconds < PROMPT
     score, seconds, meta = score_hostile("import os\nfor _ in range(1 << 20):\n    os.write(1, b'x' * 1024)")
-    assert score == 0.0 and seconds < 3
+    assert score == 0.0 and seconds < PROMPT
     assert meta.get("killed") == "output_limit"
 
 
