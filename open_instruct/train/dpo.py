@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from ..config import apply_overrides, from_dict, load_yaml
 from ..errors import ConfigError
 from . import ref_cache, stage
 from .dpo_loss import LOSS_TYPES, preference_loss, sequence_logps
-from .engine import Engine, LossOut, TrainConfig
+from .engine import BatchPlan, Engine, LossOut, TrainConfig
 from .ref_cache import PairLogps
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,21 @@ def make_loss_fn(cfg: DPOConfig, ref_model: torch.nn.Module | None = None) -> Ca
     return loss_fn
 
 
+@dataclass
+class LengthGroupedPlan(BatchPlan):
+    """The stage plan (same pairs per optimizer step, a pure function of seed and step), except that
+    each process's pairs of a step are sorted by length before they are cut into micro-batches, so
+    a micro-batch holds pairs of similar length and carries little padding. With the engine's `sum`
+    reduction the step's gradient does not depend on how its pairs are grouped."""
+
+    lengths: np.ndarray | None = None
+
+    def shard(self, step: int, process_index: int, world_size: int, accumulation: int) -> list[np.ndarray]:
+        mine = np.concatenate(super().shard(step, process_index, world_size, accumulation))
+        mine = mine[np.argsort(-self.lengths[mine], kind="stable")]
+        return np.array_split(mine, accumulation)
+
+
 # ----------------------------------------------------------------------------- reference / eval passes
 
 
@@ -364,6 +380,7 @@ def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) 
             eval_data = stage.load_tokenized(dataclasses.replace(cfg, dataset_mix=cfg.eval_dataset_mix), tokenizer,
                                              kind="preference")
     plan = stage.make_plan(cfg, engine, len(data.dataset))
+    plan = LengthGroupedPlan(**dataclasses.asdict(plan), lengths=ref_cache.pair_lengths(data.dataset))
     policy = stage.load_policy(cfg, tokenizer)
     pad = tokenizer.pad_token_id
     template = f"{cfg.chat_template}|bos={cfg.add_bos}|{tokenizer_fingerprint(tokenizer)}"

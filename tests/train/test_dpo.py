@@ -260,6 +260,25 @@ def test_every_loss_type_trains_one_micro_batch(tiny_model_dir, data_dir, tmp_pa
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_length_grouped_plan_keeps_each_steps_pairs_and_sorts_micro_batches():
+    import numpy as np
+
+    from open_instruct.train.dpo import LengthGroupedPlan
+    from open_instruct.train.engine import BatchPlan
+
+    lengths = np.random.default_rng(0).integers(10, 100, size=50)
+    plain = BatchPlan(50, 12, 2.0, seed=3)
+    grouped = LengthGroupedPlan(50, 12, 2.0, seed=3, lengths=lengths)
+    for step in range(plain.num_steps):
+        for rank in range(2):
+            a = plain.shard(step, rank, 2, 3)
+            b = grouped.shard(step, rank, 2, 3)
+            assert sorted(np.concatenate(a).tolist()) == sorted(np.concatenate(b).tolist())
+            assert [len(x) for x in a] == [len(x) for x in b]
+            flat = lengths[np.concatenate(b)]
+            assert (np.diff(flat) <= 0).all()  # longest first, similar lengths together
+
+
 def test_defaults_are_the_tulu3_8b_dpo_values():
     cfg = DPOConfig(model_name_or_path="m", dataset_mix="d.jsonl", output_dir="o")
     assert (cfg.loss_type, cfg.beta, cfg.learning_rate, cfg.lr_scheduler_type, cfg.warmup_ratio) == (
