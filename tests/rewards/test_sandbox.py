@@ -31,10 +31,30 @@ def block(source: str) -> str:
     return f"Here is my solution:\n```python\n{source}\n```\n"
 
 
+ATTACK_NAMES = ("ESCAPE_", "stolen", "PWNED")
+
+
 def snapshot():
-    """What must not change: the project's top-level listing and the mtimes of a few directories."""
-    dirs = [PROJECT, PROJECT / "reward_fns", PROJECT / "tests" / "rewards", Path.home()]
-    return sorted(os.listdir(PROJECT)), {d: d.stat().st_mtime_ns for d in dirs if d.exists()}
+    """What must not change. Other engineers edit this tree while the tests run, so this looks only at
+    what an attack here could touch: files named like the attacks' targets (project root, /tmp, home),
+    the Makefile (a rename target) and the mtimes of two directories nobody else writes to."""
+    found = sorted(
+        str(d / name)
+        for d in (PROJECT, PROJECT / "tests" / "rewards", Path("/tmp"), Path.home())
+        if d.exists()
+        for name in os.listdir(d)
+        if name.startswith(ATTACK_NAMES)
+    )
+    makefile = PROJECT / "Makefile"
+    dirs = [PROJECT / "tests" / "rewards", PROJECT / "reward_fns" / "sandbox"]
+    return found, makefile.read_bytes(), makefile.stat().st_mtime_ns, [d.stat().st_mtime_ns for d in dirs]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_outside_scratch_changes():
+    before = snapshot()
+    yield
+    assert snapshot() == before
 
 
 def score_hostile(source: str, tests=("assert True",)) -> tuple[float, float, dict]:
