@@ -379,7 +379,12 @@ def _short_error(exc):
 
 
 def run_job(cfg, emit, user_active):
-    code = compile(cfg["code"], "<solution>", "exec")
+    try:
+        code = compile(cfg["code"], "<solution>", "exec")
+    except (SyntaxError, ValueError) as e:
+        emit({"phase": "solution", "error": _short_error(e)})
+        emit({"done": True})
+        return
     per_test = float(cfg["per_test_timeout_s"])
 
     def on_alarm(signum, frame):
@@ -433,19 +438,27 @@ def run_job(cfg, emit, user_active):
     emit({"done": True})
 
 
+def attempt(name, step, measures):
+    """Run one hardening step; a step the OS refuses is reported, and the run goes on with the rest."""
+    try:
+        step()
+    except Exception as e:  # noqa: BLE001
+        measures[name] = f"failed ({type(e).__name__}: {e})"
+
+
 def main():
     cfg = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     scratch = cfg["scratch"]
     measures = {}
-    die_with_parent()
+    attempt("die_with_parent", die_with_parent, measures)
     user_namespace = False
     if cfg.get("namespaces", True):
         try:
             pid_ns = setup_namespaces(measures)
-        except OSError as e:
-            measures["namespaces"] = f"unavailable ({e})"
+        except Exception as e:  # noqa: BLE001 - e.g. no unshare() on this OS: run with what remains
+            measures["namespaces"] = f"unavailable ({type(e).__name__}: {e})"
             pid_ns = False
         user_namespace = bool(measures.get("user_namespace"))
         if pid_ns:
@@ -454,15 +467,18 @@ def main():
                 # The outer process only waits; the child (PID 1 inside) does the work.
                 _, status = os.waitpid(child, 0)
                 os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-            die_with_parent()
+            attempt("die_with_parent", die_with_parent, measures)
             switch_uid = will_switch_uid(user_namespace)
-            setup_filesystem(scratch, cfg, measures, int(cfg["run_uid"]) if switch_uid else 0)
+            owner = int(cfg["run_uid"]) if switch_uid else 0
+            attempt("filesystem", lambda: setup_filesystem(scratch, cfg, measures, owner), measures)
     else:
         measures["namespaces"] = "disabled"
     switch_uid = will_switch_uid(user_namespace)
     os.chdir(scratch)  # again: a tmpfs may now be mounted over it
-    set_limits(cfg, measures)
-    drop_privileges(cfg, scratch, measures, user_namespace, switch_uid)
+    attempt("rlimits", lambda: set_limits(cfg, measures), measures)
+    attempt(
+        "privileges", lambda: drop_privileges(cfg, scratch, measures, user_namespace, switch_uid), measures
+    )
     user_active = [False]
     install_audit_hook(scratch, user_active)
     measures["audit_hook"] = True

@@ -10,6 +10,7 @@ the bootstrap does inside is described in ``bootstrap.py``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import secrets
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
 
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")
 
@@ -111,7 +114,25 @@ def run_python(code: str, tests: list[str], mode: str, limits: SandboxLimits | N
     result.seconds = time.monotonic() - started
     result.stderr_tail = err[-2000:].decode("utf-8", errors="replace")
     _parse_verdicts(out, nonce, result)
+    _warn_if_weak(result.measures)
     return result
+
+
+_KEY_MEASURES = {"namespaces": "net+mount+pid", "read_only_root": True, "audit_hook": True}
+_warned_weak = False
+
+
+def _warn_if_weak(measures: dict) -> None:
+    """Say once per process when the OS refused part of the isolation (the run still goes ahead)."""
+    global _warned_weak
+    if _warned_weak or not measures:
+        return
+    missing = {k: measures.get(k) for k, want in _KEY_MEASURES.items() if measures.get(k) != want}
+    if missing:
+        _warned_weak = True
+        log.warning(
+            "code sandbox runs with reduced isolation on this machine: %s (see docs/rewards.md)", missing
+        )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

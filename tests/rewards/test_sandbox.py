@@ -249,3 +249,20 @@ def test_label_formats(label, mode, n):
 def test_bad_code_labels(label):
     with pytest.raises(ValueError):
         parse_code_label(label)
+
+
+def test_without_namespaces_the_audit_hook_and_limits_still_hold():
+    """Where the kernel refuses namespaces (e.g. unprivileged CI), what remains must still block."""
+    weak = SandboxLimits(wall_s=3.0, cpu_s=1.0, per_test_timeout_s=1.0, memory_mb=512, namespaces=False)
+    target = PROJECT / f"ESCAPE_{secrets.token_hex(4)}"
+    for src in (
+        f"open({str(target)!r}, 'w').write('x')",
+        "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)",
+        "import os\nos.fork()",
+        "x = bytearray(10 * 1024 ** 3)",
+    ):
+        run = run_python(src + "\nok = True", ["assert ok"], "asserts", weak)
+        assert run.measures["namespaces"] == "disabled"
+        assert run.solution_error and not any(t.get("ok") for t in run.tests), src
+    assert not target.exists()
+    assert run_python("x = 2", ["assert x == 2"], "asserts", weak).tests[0]["ok"]
