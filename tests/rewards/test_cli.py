@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from reward_fns.cli import add_rewards_parser, main
+from reward_fns.cli import CASES_DIR, add_rewards_parser, main
 from reward_fns.errors import RewardInputError, UnknownRewardError
 
 
@@ -205,3 +205,10 @@ def test_module_entry_point_prints_one_line_errors(tmp_path):
         == f"error: {bad} line 1: not valid JSON (Expecting property name enclosed in double quotes)"
     )
     assert main(["rewards", "list"]) == 0
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in __import__("pathlib").Path(CASES_DIR).glob("*.jsonl"))
+)
+def test_every_shipped_case_file_passes(name, capsys):
+    assert run(["check", name]) == 0, capsys.readouterr().out
