@@ -281,10 +281,15 @@ class RLVRRun:
         return tokenize_data(loaded, self.tokenizer, "rlvr", max_prompt_length=self.cfg.max_prompt_length)
 
     def _make_rewards(self):
-        from reward_fns import RewardRunner, get_spec, load_user_rewards
+        """The reward runner (user modules load here, so a bad spec fails now) after checking that
+        every verifier named by the prompts' `dataset` column exists."""
+        from reward_fns import RewardRunner, get_spec
 
-        for spec in self.cfg.reward_modules:
-            load_user_rewards(spec)
+        try:
+            runner = RewardRunner(timeout_s=self.cfg.reward_timeout_s, num_workers=self.cfg.reward_workers,
+                                  extra_modules=list(self.cfg.reward_modules))
+        except ValueError as e:
+            raise ConfigError(f"reward_modules: {e}") from None
         names = set(self.data.dataset.unique("dataset"))
         if self.eval_data is not None:
             names |= set(self.eval_data.dataset.unique("dataset"))
@@ -292,9 +297,9 @@ class RLVRRun:
             try:
                 get_spec(name)
             except ValueError as e:
+                runner.close()
                 raise DataError(f"{self.cfg.dataset_mix}: dataset column names reward '{name}': {e}") from None
-        return RewardRunner(timeout_s=self.cfg.reward_timeout_s, num_workers=self.cfg.reward_workers,
-                            extra_modules=list(self.cfg.reward_modules))
+        return runner
 
     def policy_model(self):
         return self.engine.unwrapped().policy
