@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -506,6 +507,8 @@ def config_from_args(args) -> DPOConfig:
 def dpo_command(args) -> int:
     cfg = config_from_args(args)
     out = run_dpo(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
+        return 0
     ev = out / "eval.json"
     if ev.is_file():
         res = json.loads(ev.read_text())

@@ -373,6 +373,41 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(tiny_model_dir, 
     assert [r["loss"] for r in _metrics(full)] == [r["loss"] for r in _metrics(resumed)]
 
 
+@pytest.mark.slow
+def test_two_processes_shard_the_reference_pass_and_train_like_one(tiny_model_dir, data_dir, tmp_path):
+    """torchrun, 2 CPU processes (gloo): the sharded + gathered reference table equals the single-process
+    one, and the losses match (13 eval pairs: shards of unequal size are padded and dropped)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    (tmp_path / "e13.jsonl").write_text("\n".join((SAMPLES / "preference_eval.jsonl").read_text().splitlines()[:13]))
+    args = ["dpo", "--model", str(tiny_model_dir), "--data", str(data_dir / "p64.jsonl"),
+            "--set", f"eval_dataset_mix={tmp_path / 'e13.jsonl'}", "--set", "total_batch_size=16",
+            "--set", "per_device_train_batch_size=4", "--set", "max_train_steps=2", "--set", "learning_rate=1e-3",
+            "--set", "loss_type=dpo", "--set", "beta=0.1", "--set", "max_seq_length=256",
+            "--set", "reference_batch_size=3"]
+    runs = {}
+    for name, launcher in (("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]),
+                           ("one", [sys.executable])):
+        env = dict(os.environ, OPEN_INSTRUCT_CACHE=str(tmp_path / f"cache_{name}"), OMP_NUM_THREADS="1",
+                   OPEN_INSTRUCT_NO_PROGRESS="1")
+        out = tmp_path / name
+        proc = subprocess.run([*launcher, "-m", "open_instruct.cli", *args, "--output", str(out)], env=env,
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("held-out preference accuracy") == 1  # one summary, not one per process
+        runs[name] = out
+    tables = [load_file(json.loads((runs[n] / "dpo_reference.json").read_text())["path"]) for n in ("two", "one")]
+    assert all(torch.equal(tables[0][k], tables[1][k]) for k in tables[1])
+    losses = [[r["loss"] for r in _metrics(runs[n])] for n in ("two", "one")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    evals = [json.loads((runs[n] / "eval.json").read_text()) for n in ("two", "one")]
+    assert evals[0]["num_pairs"] == 13 and evals[0]["preference_accuracy"] == evals[1]["preference_accuracy"]
+
+
 # ----------------------------------------------------------------------------- bad input, CLI
 
 
