@@ -393,6 +393,14 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
                              for i, s in enumerate(ev.reward_modules)]
 
     classes = stage_classes()
+    known = set().union(*({f.name for f in dataclasses.fields(classes[st["type"]])} for st in recipe.stages))
+    for key in recipe.defaults:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}.defaults: no stage of this recipe has a key '{key}'{hint}")
+        if key in CHAINED_KEYS:
+            raise ConfigError(f"{where}.defaults.{key}: set by the pipeline; remove it")
     stages: list[StagePlan] = []
     parent_path, parent_name = base, "base"
     for i, entry in enumerate(recipe.stages):
@@ -575,12 +583,15 @@ def check_mix(mix_path: str, kind: str, where: str) -> MixCheck:
 
 
 def _reward_api():
+    """(get_spec, load) where `load(spec)` accepts what RewardRunner's extra_modules accept,
+    including `name=file.py:fn`."""
+    from reward_fns.registry import get_spec
+
     try:
-        from reward_fns import get_spec, load_user_rewards
-    except ImportError:  # older reward_fns __init__: the registry module has them
-        from reward_fns.registry import get_spec
-        from reward_fns.user_rewards import load_user_rewards
-    return get_spec, load_user_rewards
+        from reward_fns.user_rewards import load_extra as load
+    except ImportError:  # a reward_fns without the `name=` form
+        from reward_fns.user_rewards import load_user_rewards as load
+    return get_spec, load
 
 
 def _check_rewards(names: set[str], modules: list[str], where: str, mix: str) -> None:
