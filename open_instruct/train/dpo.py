@@ -453,14 +453,42 @@ def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) 
         after = score_pairs(cfg, engine.model, eval_data.dataset, engine, pad, desc="eval (after)", shared=shared)
         if engine.is_main:
             write_eval(cfg, out, eval_before, after, reference_is_start=not separate_ref)
-    stage.finish(cfg, engine, policy, name="dpo", panels=[
-        ("loss", ["loss", "dpo_loss", "nll"]),
-        ("reward margin", ["rewards/margin"]),
-        ("preference accuracy (train)", ["rewards/accuracy"]),
-        ("rewards", ["rewards/chosen", "rewards/rejected"]),
-        ("learning rate", ["lr"]),
-    ])
+    # Plots are drawn by a short child process: importing matplotlib and drawing costs the training
+    # process ~35 MB of resident memory it would otherwise keep until exit.
+    stage.finish(cfg, engine, policy, name="dpo", panels=[])
+    if engine.is_main:
+        plot_curves(out)
     return out
+
+
+PANELS = [
+    ("loss", ["loss", "dpo_loss", "nll"]),
+    ("reward margin", ["rewards/margin"]),
+    ("preference accuracy (train)", ["rewards/accuracy"]),
+    ("rewards", ["rewards/chosen", "rewards/rejected"]),
+    ("learning rate", ["lr"]),
+]
+
+
+def plot_curves(out: Path) -> None:
+    """`dpo_curves.png` (loss, margin, accuracy, rewards, lr) from metrics.jsonl, in a child process.
+    A plot is a convenience: failing to draw one is a warning, never a failed run."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from open_instruct.track import plot_metrics; "
+            "plot_metrics(sys.argv[1], sys.argv[2], [tuple(p) for p in json.loads(sys.argv[3])], title=sys.argv[4])")
+    # the child must import this very package, installed or not
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(out / "metrics.jsonl"), str(out / "dpo_curves.png"),
+                               json.dumps(PANELS), f"dpo: {out}"], capture_output=True, text=True, timeout=300,
+                              env=env)
+        if proc.returncode:
+            log.warning("dpo: could not draw %s: %s", out / "dpo_curves.png", proc.stderr.strip()[-500:])
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("dpo: could not draw %s: %s", out / "dpo_curves.png", e)
 
 
 def write_eval(cfg: DPOConfig, out: Path, before: PairLogps, after: PairLogps, reference_is_start: bool) -> dict:
