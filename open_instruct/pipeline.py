@@ -1138,11 +1138,11 @@ def run_plan(plan: Plan) -> list[StageResult]:
 
     main_node = _node_rank() == 0
     plan.output.mkdir(parents=True, exist_ok=True)
-    if main_node:
-        (plan.output / "recipe.yaml").write_text(yaml.safe_dump(plan.raw, sort_keys=False))
     build_base(plan)
     base_digest = model_digest(plan.base)
-    assess_stages(plan, base_digest)
+    assess_stages(plan, base_digest)  # conflicts with finished stages fail here, before anything runs
+    if main_node:
+        (plan.output / "recipe.yaml").write_text(yaml.safe_dump(plan.raw, sort_keys=False))
     results: list[StageResult] = []
     t_all = time.time()
     session = EvalSession(plan)
