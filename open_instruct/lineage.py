@@ -63,12 +63,18 @@ def git_info(repo: str | Path | None = None) -> dict:
     """{"commit": sha or None, "dirty": bool or None} of the repository holding this package."""
     root = Path(repo) if repo else Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         if not sha:
             return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=10).stdout
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
         return {"commit": sha, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -146,10 +152,17 @@ def mix_record(mix_path: str, kind: str) -> dict:
     from .data.mixes import load_mix
 
     loaded = load_mix(mix_path, kind=kind)
-    return {"path": str(mix_path), "kind": loaded.kind, **mix_fingerprint(mix_path),
-            "content_hash": loaded.content_hash, "rows": len(loaded.dataset),
-            "sources": [{"name": s.name, "rows": s.rows, "dropped": s.dropped, "selected": s.selected}
-                        for s in loaded.sources]}
+    return {
+        "path": str(mix_path),
+        "kind": loaded.kind,
+        **mix_fingerprint(mix_path),
+        "content_hash": loaded.content_hash,
+        "rows": len(loaded.dataset),
+        "sources": [
+            {"name": s.name, "rows": s.rows, "dropped": s.dropped, "selected": s.selected}
+            for s in loaded.sources
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------- read / write

@@ -55,8 +55,15 @@ PIPELINE_STAGE_KEYS = ("name", "type", "num_processes", "nodes")
 # Set by the pipeline; a recipe that sets them would break the chaining.
 CHAINED_KEYS = ("model_name_or_path", "output_dir")
 # Config keys that do not change what a stage trains: a rerun that differs only in these still skips.
-NON_SEMANTIC_KEYS = {"logging_steps", "checkpointing_steps", "keep_last_checkpoints", "wandb_project",
-                     "wandb_run_name", "preprocessing_num_workers", "reward_workers"}
+NON_SEMANTIC_KEYS = {
+    "logging_steps",
+    "checkpointing_steps",
+    "keep_last_checkpoints",
+    "wandb_project",
+    "wandb_run_name",
+    "preprocessing_num_workers",
+    "reward_workers",
+}
 STAGE_KIND = {"sft": "sft", "dpo": "preference", "rlvr": "rlvr"}
 
 
@@ -101,8 +108,10 @@ class TinyBase:
 
     def validate(self, where: str) -> None:
         if self.hidden % self.heads or self.heads % self.kv_heads:
-            raise ConfigError(f"{where}: hidden {self.hidden} must divide by heads {self.heads}, "
-                              f"and heads by kv_heads {self.kv_heads}")
+            raise ConfigError(
+                f"{where}: hidden {self.hidden} must divide by heads {self.heads}, "
+                f"and heads by kv_heads {self.kv_heads}"
+            )
 
 
 @dataclass
@@ -150,8 +159,10 @@ class Launch:
         if self.num_processes < 1 or self.nodes < 1:
             raise ConfigError(f"{where}: num_processes and nodes must be >= 1")
         if self.num_processes % self.nodes:
-            raise ConfigError(f"{where}.num_processes: {self.num_processes} processes do not split evenly "
-                              f"over {self.nodes} nodes")
+            raise ConfigError(
+                f"{where}.num_processes: {self.num_processes} processes do not split evenly "
+                f"over {self.nodes} nodes"
+            )
 
 
 @dataclass
@@ -270,8 +281,11 @@ def apply_recipe_overrides(data: dict, overrides: list[str], where: str) -> dict
     the key), `eval.limit=20` / `base_model=...` / `launch.num_processes=8` (recipe keys)."""
     out = copy.deepcopy(data)
     stages = out.get("stages")
-    names = [s.get("name") for s in stages] if isinstance(stages, list) and \
-        all(isinstance(s, dict) for s in stages) else []
+    names = (
+        [s.get("name") for s in stages]
+        if isinstance(stages, list) and all(isinstance(s, dict) for s in stages)
+        else []
+    )
     for item in overrides or []:
         keys, value = parse_override(item)
         head = keys[0]
@@ -300,8 +314,10 @@ def apply_recipe_overrides(data: dict, overrides: list[str], where: str) -> dict
         else:
             close = difflib.get_close_matches(head, names + sorted(RECIPE_KEYS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"--set {item}: '{head}' is neither a stage ({', '.join(map(str, names))}) "
-                              f"nor a recipe key{hint}")
+            raise ConfigError(
+                f"--set {item}: '{head}' is neither a stage ({', '.join(map(str, names))}) "
+                f"nor a recipe key{hint}"
+            )
     return out
 
 
@@ -315,7 +331,9 @@ def _check_stage_entries(stages: Any, where: str) -> None:
             raise ConfigError(f"{w}: expected a mapping with name, type and the stage's keys")
         name, typ = st.get("name"), st.get("type")
         if not name or not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-            raise ConfigError(f"{w}.name: a stage needs a name made of letters, digits, '_', '-', '.' (got {name!r})")
+            raise ConfigError(
+                f"{w}.name: a stage needs a name made of letters, digits, '_', '-', '.' (got {name!r})"
+            )
         if name in RECIPE_KEYS or name in ("base", "mixes", "report"):
             raise ConfigError(f"{w}.name: '{name}' is reserved; choose another stage name")
         if name in seen:
@@ -329,8 +347,12 @@ def _looks_like_hub_id(value: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value)) and not value.startswith(".")
 
 
-def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, output: str | None = None,
-              scratch: Path | None = None) -> Plan:
+def load_plan(
+    recipe_path: str | Path,
+    overrides: list[str] | None = None,
+    output: str | None = None,
+    scratch: Path | None = None,
+) -> Plan:
     """Loads and validates the whole recipe (nothing heavy, nothing written except inline mixes into
     `scratch` or the output dir). Raises a one-line UserError on the first problem."""
     recipe_path = Path(recipe_path)
@@ -353,8 +375,10 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
     tiny = None
     if isinstance(recipe.base_model, dict):
         if set(recipe.base_model) != {"tiny"}:
-            raise ConfigError(f"{where}.base_model: a mapping must be {{tiny: {{...}}}} (got keys "
-                              f"{', '.join(map(str, recipe.base_model))})")
+            raise ConfigError(
+                f"{where}.base_model: a mapping must be {{tiny: {{...}}}} (got keys "
+                f"{', '.join(map(str, recipe.base_model))})"
+            )
         tiny = from_dict(TinyBase, recipe.base_model["tiny"] or {}, f"{where}.base_model.tiny")
         base = str(output_dir / "base")
     elif isinstance(recipe.base_model, str):
@@ -363,10 +387,14 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
         local = p if p.exists() else (recipe_dir / p if (recipe_dir / p).exists() else None)
         if local is not None:
             if not (local / "config.json").is_file():
-                raise ConfigError(f"{where}.base_model: {base} has no config.json (not a Hugging Face model dir)")
+                raise ConfigError(
+                    f"{where}.base_model: {base} has no config.json (not a Hugging Face model dir)"
+                )
             base = str(local)
         elif not _looks_like_hub_id(base):
-            raise ConfigError(f"{where}.base_model: {base} is neither a local model dir nor a hub id (org/name)")
+            raise ConfigError(
+                f"{where}.base_model: {base} is neither a local model dir nor a hub id (org/name)"
+            )
     else:
         raise ConfigError(f"{where}.base_model: expected a hub id, a local dir or {{tiny: {{...}}}}")
 
@@ -377,10 +405,14 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
     if ev is not None:
         ew = f"{where} eval"
         if isinstance(ev.dataset_mix, dict):
-            eval_mix = _materialise_inline_mix(ev.dataset_mix, mix_dir / "eval.yaml", recipe_dir, f"{ew}.dataset_mix")
+            eval_mix = _materialise_inline_mix(
+                ev.dataset_mix, mix_dir / "eval.yaml", recipe_dir, f"{ew}.dataset_mix"
+            )
             eval_label = "inline mix: " + ", ".join(
                 str(src.get("hf") or src.get("path")) + (f" [{src['split']}]" if src.get("split") else "")
-                for src in ev.dataset_mix.get("sources") or [] if isinstance(src, dict))
+                for src in ev.dataset_mix.get("sources") or []
+                if isinstance(src, dict)
+            )
         elif isinstance(ev.dataset_mix, str):
             eval_mix = resolve_path(ev.dataset_mix, recipe_dir, f"{ew}.dataset_mix")
             eval_label = eval_mix
@@ -389,8 +421,10 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
         from .rl.rollout import RolloutConfig
 
         from_dict(RolloutConfig, {"model": "x", **ev.rollout}, f"{ew}.rollout")
-        ev.reward_modules = [_resolve_reward_spec(s, recipe_dir, f"{ew}.reward_modules[{i}]")
-                             for i, s in enumerate(ev.reward_modules)]
+        ev.reward_modules = [
+            _resolve_reward_spec(s, recipe_dir, f"{ew}.reward_modules[{i}]")
+            for i, s in enumerate(ev.reward_modules)
+        ]
 
     classes = stage_classes()
     known = set().union(*({f.name for f in dataclasses.fields(classes[st["type"]])} for st in recipe.stages))
@@ -409,8 +443,9 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
         sw = f"{where} stage {name}"
         for key in CHAINED_KEYS:
             if key in entry:
-                raise ConfigError(f"{sw}.{key}: set by the pipeline (previous stage's output / "
-                                  f"<output>/{name}); remove it")
+                raise ConfigError(
+                    f"{sw}.{key}: set by the pipeline (previous stage's output / <output>/{name}); remove it"
+                )
         num_processes = entry.pop("num_processes", None)
         nodes = entry.pop("nodes", None)
         cls = classes[typ]
@@ -425,15 +460,21 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
                 continue
             role = "train" if key == "dataset_mix" else key.replace("_dataset_mix", "")
             if isinstance(value, dict):
-                data[key] = _materialise_inline_mix(value, mix_dir / f"{name}_{role}.yaml", recipe_dir, f"{sw}.{key}")
+                data[key] = _materialise_inline_mix(
+                    value, mix_dir / f"{name}_{role}.yaml", recipe_dir, f"{sw}.{key}"
+                )
             elif isinstance(value, str):
                 data[key] = resolve_path(value, recipe_dir, f"{sw}.{key}")
             mixes[role] = data[key]
         if isinstance(data.get("deepspeed"), str) and data["deepspeed"] not in ("zero2", "zero3"):
-            data["deepspeed"] = resolve_path(data["deepspeed"], recipe_dir, f"{sw}.deepspeed", "DeepSpeed config")
+            data["deepspeed"] = resolve_path(
+                data["deepspeed"], recipe_dir, f"{sw}.deepspeed", "DeepSpeed config"
+            )
         if typ == "rlvr" and isinstance(data.get("reward_modules"), list):
-            data["reward_modules"] = [_resolve_reward_spec(s, recipe_dir, f"{sw}.reward_modules[{j}]")
-                                      for j, s in enumerate(data["reward_modules"])]
+            data["reward_modules"] = [
+                _resolve_reward_spec(s, recipe_dir, f"{sw}.reward_modules[{j}]")
+                for j, s in enumerate(data["reward_modules"])
+            ]
         data["model_name_or_path"] = parent_path
         data["output_dir"] = str(output_dir / name)
         cfg = from_dict(cls, data, sw)  # unknown keys, types, the stage's own validate()
@@ -444,29 +485,53 @@ def load_plan(recipe_path: str | Path, overrides: list[str] | None = None, outpu
             raise ConfigError(f"{sw}: num_processes and nodes must be integers >= 1")
         if typ == "rlvr":
             if num_processes not in (None, 1) or nodes not in (None, 1):
-                raise ConfigError(f"{sw}.num_processes: the RLVR learner runs in one process; scale "
-                                  f"generation with rollout.num_engines")
+                raise ConfigError(
+                    f"{sw}.num_processes: the RLVR learner runs in one process; scale "
+                    f"generation with rollout.num_engines"
+                )
             n_proc, n_nodes = 1, 1
         elif n_proc % n_nodes:
-            raise ConfigError(f"{sw}.num_processes: {n_proc} processes do not split evenly over {n_nodes} nodes")
+            raise ConfigError(
+                f"{sw}.num_processes: {n_proc} processes do not split evenly over {n_nodes} nodes"
+            )
         if typ != "rlvr":
             cfg.accumulation_steps(n_proc, where=sw)  # total_batch_size divisible by per-device x processes
 
-        sp = StagePlan(index=i, name=name, type=typ, cfg=cfg, parent=parent_name, out=output_dir / name,
-                       num_processes=n_proc, nodes=n_nodes, mixes=mixes)
+        sp = StagePlan(
+            index=i,
+            name=name,
+            type=typ,
+            cfg=cfg,
+            parent=parent_name,
+            out=output_dir / name,
+            num_processes=n_proc,
+            nodes=n_nodes,
+            mixes=mixes,
+        )
         _check_stage_data(sp, eval_mix if ev is not None else None)
         stages.append(sp)
         parent_path, parent_name = str(output_dir / name), name
 
     if ev is not None:
         _check_eval_data(eval_mix, ev, f"{where} eval")
-    return Plan(recipe=recipe, recipe_path=recipe_path, overrides=list(overrides or []), output=output_dir,
-                base=base, tiny=tiny, stages=stages, eval_mix=eval_mix, eval=ev, raw=raw, eval_label=eval_label)
+    return Plan(
+        recipe=recipe,
+        recipe_path=recipe_path,
+        overrides=list(overrides or []),
+        output=output_dir,
+        base=base,
+        tiny=tiny,
+        stages=stages,
+        eval_mix=eval_mix,
+        eval=ev,
+        raw=raw,
+        eval_label=eval_label,
+    )
 
 
 def _resolve_reward_spec(spec: str, recipe_dir: Path, where: str) -> str:
     """`file.py:fn` / `name=file.py:fn` with the file resolved like data paths; module specs pass."""
-    prefix, sep, target = "", "", str(spec)
+    prefix, target = "", str(spec)
     head, eq, rest = target.partition("=")
     if eq and head.strip().isidentifier() and (rest.endswith(".py") or ".py:" in rest):
         prefix, target = head.strip() + "=", rest.strip()
@@ -491,7 +556,9 @@ def _first_rows(path: Path, n: int = 5) -> list[tuple[str, dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+                    raise DataError(
+                        f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})"
+                    ) from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path} line {lineno}: a row must be a JSON object")
                 out.append((f"{path} line {lineno}", row))
@@ -569,7 +636,9 @@ def check_mix(mix_path: str, kind: str, where: str) -> MixCheck:
         first = rename_columns(dict(rows[0][1]), src.columns)
         got = infer_kind(first)
         if got is not None and got != kind and not (kind == "preference" and "prompt" in first):
-            raise DataError(f"{where}: {path} has {got} columns ({', '.join(first)}); this stage needs {kind} data")
+            raise DataError(
+                f"{where}: {path} has {got} columns ({', '.join(first)}); this stage needs {kind} data"
+            )
         for loc, row in rows:
             try:
                 check_row(rename_columns(dict(row), src.columns), kind, loc)
@@ -605,7 +674,9 @@ def _check_rewards(names: set[str], modules: list[str], where: str, mix: str) ->
         try:
             get_spec(name)
         except ValueError as e:
-            raise DataError(f"{where}: {mix} rows name reward '{name}' in their dataset column: {e}") from None
+            raise DataError(
+                f"{where}: {mix} rows name reward '{name}' in their dataset column: {e}"
+            ) from None
 
 
 def _check_stage_data(sp: StagePlan, recipe_eval_mix: str | None) -> None:
@@ -613,7 +684,9 @@ def _check_stage_data(sp: StagePlan, recipe_eval_mix: str | None) -> None:
     cfg = sp.cfg
     for role, mix in sp.mixes.items():
         mkind = "preference" if sp.type == "dpo" else ("rlvr" if sp.type == "rlvr" else "sft")
-        chk = check_mix(mix, mkind, f"{sp.where}.{'dataset_mix' if role == 'train' else role + '_dataset_mix'}")
+        chk = check_mix(
+            mix, mkind, f"{sp.where}.{'dataset_mix' if role == 'train' else role + '_dataset_mix'}"
+        )
         sp.rows[role] = chk.rows
         sp.amounts[role] = chk.amounts
         if kind == "rlvr":
@@ -624,12 +697,18 @@ def _check_stage_data(sp: StagePlan, recipe_eval_mix: str | None) -> None:
         return
     if sp.type == "rlvr":
         if rows < cfg.num_unique_prompts_rollout:
-            raise DataError(f"{sp.where}.dataset_mix: {rows} prompts, fewer than num_unique_prompts_rollout="
-                            f"{cfg.num_unique_prompts_rollout}")
+            raise DataError(
+                f"{sp.where}.dataset_mix: {rows} prompts, fewer than num_unique_prompts_rollout="
+                f"{cfg.num_unique_prompts_rollout}"
+            )
     else:
-        effective = cfg.per_device_train_batch_size * cfg.accumulation_steps(sp.num_processes) * sp.num_processes
+        effective = (
+            cfg.per_device_train_batch_size * cfg.accumulation_steps(sp.num_processes) * sp.num_processes
+        )
         if rows < effective:
-            raise DataError(f"{sp.where}.dataset_mix: {rows} rows, fewer than one effective batch ({effective})")
+            raise DataError(
+                f"{sp.where}.dataset_mix: {rows} rows, fewer than one effective batch ({effective})"
+            )
 
 
 def _check_eval_data(mix: str, ev: EvalSpec, where: str) -> None:
@@ -644,25 +723,39 @@ def format_plan(plan: Plan) -> str:
     """The human-readable plan `--dry-run` prints."""
     L = []
     r = plan.recipe
-    L.append(f"recipe {r.name} ({plan.recipe_path}) -> {plan.output}   [dry run: nothing is trained or written]")
+    L.append(
+        f"recipe {r.name} ({plan.recipe_path}) -> {plan.output}   [dry run: nothing is trained or written]"
+    )
     if r.description:
         L.append(f"  {r.description.strip()}")
-    base_arch = planmod.tiny_arch(dataclasses.asdict(plan.tiny)) if plan.tiny else planmod.resolve_arch(plan.base)
+    base_arch = (
+        planmod.tiny_arch(dataclasses.asdict(plan.tiny)) if plan.tiny else planmod.resolve_arch(plan.base)
+    )
     if plan.tiny:
-        L.append(f"base model: tiny {plan.tiny.arch} built offline into {plan.base} "
-                 f"({planmod.count_params(base_arch):,} parameters)")
+        L.append(
+            f"base model: tiny {plan.tiny.arch} built offline into {plan.base} "
+            f"({planmod.count_params(base_arch):,} parameters)"
+        )
     elif base_arch:
-        L.append(f"base model: {plan.base} ({base_arch.name}, {planmod.count_params(base_arch) / 1e9:.2f}B parameters)")
+        L.append(
+            f"base model: {plan.base} ({base_arch.name}, {planmod.count_params(base_arch) / 1e9:.2f}B parameters)"
+        )
     else:
-        L.append(f"base model: {plan.base} (architecture unknown: no memory estimate; add it to "
-                 f"plan.KNOWN_ARCHS or use a local dir with config.json)")
+        L.append(
+            f"base model: {plan.base} (architecture unknown: no memory estimate; add it to "
+            f"plan.KNOWN_ARCHS or use a local dir with config.json)"
+        )
     if plan.eval is not None:
         ev = plan.eval
-        L.append(f"held-out eval after each stage: {plan.eval_label} ({'first ' + str(ev.limit) if ev.limit else 'all'} prompts, "
-                 f"{ev.samples} sample(s), temperature {ev.resolved_temperature}, max {ev.max_tokens} tokens)")
+        L.append(
+            f"held-out eval after each stage: {plan.eval_label} ({'first ' + str(ev.limit) if ev.limit else 'all'} prompts, "
+            f"{ev.samples} sample(s), temperature {ev.resolved_temperature}, max {ev.max_tokens} tokens)"
+        )
     gpu = r.launch.gpu_memory_gb
-    L.append(f"launch: {r.launch.num_processes} process(es) on {r.launch.nodes} node(s) for SFT/DPO"
-             + (f"; {gpu:g} GB per GPU" if gpu else ""))
+    L.append(
+        f"launch: {r.launch.num_processes} process(es) on {r.launch.nodes} node(s) for SFT/DPO"
+        + (f"; {gpu:g} GB per GPU" if gpu else "")
+    )
     for sp in plan.stages:
         L.append("")
         L += _format_stage(sp, base_arch, len(plan.stages), gpu)
@@ -675,7 +768,9 @@ def _format_amounts(amounts: list, indent: str) -> list[str]:
         if a.how == "unknown":
             out.append(f"{indent}{a.name}: size unknown (add `num_rows:` to the source for planning)")
         else:
-            out.append(f"{indent}{a.name}: {planmod.fmt_int(a.selected)} of {planmod.fmt_int(a.rows)} rows ({a.how})")
+            out.append(
+                f"{indent}{a.name}: {planmod.fmt_int(a.selected)} of {planmod.fmt_int(a.rows)} rows ({a.how})"
+            )
     return out
 
 
@@ -692,52 +787,90 @@ def _format_stage(sp: StagePlan, base_arch, n_stages: int, gpu_gb: float | None 
         accum = cfg.accumulation_steps(sp.num_processes)
         eff = cfg.per_device_train_batch_size * accum * sp.num_processes
         unit = "pairs" if sp.type == "dpo" else "sequences"
-        L.append(f"  batch: effective {eff} {unit} = {cfg.per_device_train_batch_size} per process x "
-                 f"{sp.num_processes} process(es) on {sp.nodes} node(s) x {accum} accumulation step(s)")
+        L.append(
+            f"  batch: effective {eff} {unit} = {cfg.per_device_train_batch_size} per process x "
+            f"{sp.num_processes} process(es) on {sp.nodes} node(s) x {accum} accumulation step(s)"
+        )
         if rows is not None:
             per_epoch = rows // eff
             full = int(-(-per_epoch * cfg.num_train_epochs // 1))
             steps = min(full, cfg.max_train_steps) if cfg.max_train_steps else full
-            cap = f", capped by max_train_steps {cfg.max_train_steps}" if cfg.max_train_steps and cfg.max_train_steps < full else ""
-            L.append(f"  steps: {cfg.num_train_epochs:g} epoch(s) x {per_epoch:,} steps/epoch = {steps:,} optimizer steps{cap}")
+            cap = (
+                f", capped by max_train_steps {cfg.max_train_steps}"
+                if cfg.max_train_steps and cfg.max_train_steps < full
+                else ""
+            )
+            L.append(
+                f"  steps: {cfg.num_train_epochs:g} epoch(s) x {per_epoch:,} steps/epoch = {steps:,} optimizer steps{cap}"
+            )
             warm = -(-int(cfg.warmup_ratio * steps * 1000) // 1000)
-            L.append(f"  lr: {cfg.learning_rate:g} {cfg.lr_scheduler_type}, warmup ratio {cfg.warmup_ratio:g} (~{warm} steps)")
+            L.append(
+                f"  lr: {cfg.learning_rate:g} {cfg.lr_scheduler_type}, warmup ratio {cfg.warmup_ratio:g} (~{warm} steps)"
+            )
         else:
             cap = f" (max_train_steps {cfg.max_train_steps})" if cfg.max_train_steps else ""
-            L.append(f"  steps: unknown until the data is loaded{cap}; lr {cfg.learning_rate:g} {cfg.lr_scheduler_type}")
+            L.append(
+                f"  steps: unknown until the data is loaded{cap}; lr {cfg.learning_rate:g} {cfg.lr_scheduler_type}"
+            )
         if sp.type == "sft":
-            L.append(f"  loss: token cross-entropy, {cfg.loss_reduction} reduction; max_seq_length {cfg.max_seq_length}"
-                     f"{', packed' if cfg.packing else ''}")
+            L.append(
+                f"  loss: token cross-entropy, {cfg.loss_reduction} reduction; max_seq_length {cfg.max_seq_length}"
+                f"{', packed' if cfg.packing else ''}"
+            )
         else:
             nll = f" + {cfg.nll_coef:g} x NLL(chosen)" if cfg.nll_coef else ""
-            L.append(f"  loss: {cfg.loss_type} beta {cfg.beta:g}{nll}; reference {cfg.reference}; "
-                     f"max_seq_length {cfg.max_seq_length}")
+            L.append(
+                f"  loss: {cfg.loss_type} beta {cfg.beta:g}{nll}; reference {cfg.reference}; "
+                f"max_seq_length {cfg.max_seq_length}"
+            )
     else:
         steps = cfg.num_rl_steps
         per_step = cfg.rollout_batch
-        L.append(f"  rollouts: {cfg.num_unique_prompts_rollout} prompts x {cfg.num_samples_per_prompt_rollout} "
-                 f"sample(s) = {per_step} sequences per RL step, temperature {cfg.temperature:g}, "
-                 f"response length {cfg.response_length}")
-        how = f"max_train_steps {cfg.max_train_steps}" if cfg.max_train_steps else \
-            f"{cfg.total_episodes:,} episodes / {per_step}"
-        passes = f"; {steps * cfg.num_unique_prompts_rollout / rows:.2f} passes over {rows:,} prompts" if rows else ""
-        L.append(f"  steps: {how} = {steps:,} RL steps x {cfg.num_epochs} epoch(s) x {cfg.num_mini_batches} "
-                 f"mini-batch(es) = {steps * cfg.num_epochs * cfg.num_mini_batches:,} optimizer steps{passes}")
+        L.append(
+            f"  rollouts: {cfg.num_unique_prompts_rollout} prompts x {cfg.num_samples_per_prompt_rollout} "
+            f"sample(s) = {per_step} sequences per RL step, temperature {cfg.temperature:g}, "
+            f"response length {cfg.response_length}"
+        )
+        how = (
+            f"max_train_steps {cfg.max_train_steps}"
+            if cfg.max_train_steps
+            else f"{cfg.total_episodes:,} episodes / {per_step}"
+        )
+        passes = (
+            f"; {steps * cfg.num_unique_prompts_rollout / rows:.2f} passes over {rows:,} prompts"
+            if rows
+            else ""
+        )
+        L.append(
+            f"  steps: {how} = {steps:,} RL steps x {cfg.num_epochs} epoch(s) x {cfg.num_mini_batches} "
+            f"mini-batch(es) = {steps * cfg.num_epochs * cfg.num_mini_batches:,} optimizer steps{passes}"
+        )
         mini = per_step // cfg.num_mini_batches
-        L.append(f"  batch: mini-batch {mini} sequences = {mini // cfg.per_device_train_batch_size} micro-batch(es) "
-                 f"of {cfg.per_device_train_batch_size} (1 learner process)")
+        L.append(
+            f"  batch: mini-batch {mini} sequences = {mini // cfg.per_device_train_batch_size} micro-batch(es) "
+            f"of {cfg.per_device_train_batch_size} (1 learner process)"
+        )
         kl = f"beta {cfg.beta:g} ({cfg.estimator})" if cfg.beta > 0 else "no KL (beta 0)"
-        extra = (f"PPO clip {cfg.cliprange:g}, value clip {cfg.cliprange_value:g}, vf_coef {cfg.vf_coef:g}, "
-                 f"gamma {cfg.gamma:g}, lambda {cfg.lam:g}, value model "
-                 f"{cfg.value_model_name_or_path or '(policy + zero head)'}" if cfg.algorithm == "ppo"
-                 else f"GRPO group {cfg.num_samples_per_prompt_rollout}")
+        extra = (
+            f"PPO clip {cfg.cliprange:g}, value clip {cfg.cliprange_value:g}, vf_coef {cfg.vf_coef:g}, "
+            f"gamma {cfg.gamma:g}, lambda {cfg.lam:g}, value model "
+            f"{cfg.value_model_name_or_path or '(policy + zero head)'}"
+            if cfg.algorithm == "ppo"
+            else f"GRPO group {cfg.num_samples_per_prompt_rollout}"
+        )
         L.append(f"  {cfg.algorithm}: lr {cfg.learning_rate:g} {cfg.lr_scheduler_type}, {kl}, {extra}")
         pen = f", no-EOS penalty {cfg.penalty_reward_value:g}" if cfg.non_stop_penalty else ""
-        names = ", ".join(sp.reward_names) if sp.reward_names else "named by the data's `dataset` column (hub data: checked when loaded)"
+        names = (
+            ", ".join(sp.reward_names)
+            if sp.reward_names
+            else "named by the data's `dataset` column (hub data: checked when loaded)"
+        )
         L.append(f"  rewards: verification x {cfg.verification_reward:g}{pen}; verifiers: {names}")
         rc = cfg.rollout_config()
-        L.append(f"  engines: {rc.num_engines} vLLM engine(s) on {rc.device}, tensor parallel {rc.tensor_parallel_size}"
-                 f"{', one-step off-policy' if cfg.async_mode else ''}")
+        L.append(
+            f"  engines: {rc.num_engines} vLLM engine(s) on {rc.device}, tensor parallel {rc.tensor_parallel_size}"
+            f"{', one-step off-policy' if cfg.async_mode else ''}"
+        )
     # memory
     arch = base_arch
     if arch is None:
@@ -748,24 +881,36 @@ def _format_stage(sp: StagePlan, base_arch, n_stages: int, gpu_gb: float | None 
         value_arch = planmod.resolve_arch(cfg.value_model_name_or_path) or arch
     mem = planmod.estimate_memory(sp.type, cfg, arch, sp.num_processes, value_arch)
     w = planmod.dtype_bytes(cfg.dtype)
-    zs = f"ZeRO-{zero}" + (" (optimizer offloaded to CPU)" if offload else "") if zero else "no ZeRO (DDP replicas)"
-    L.append(f"  memory ({arch.name}, {'bf16' if w == 2 else 'fp32'} weights, {zs}, gradient checkpointing "
-             f"{'on' if cfg.gradient_checkpointing else 'off'}):")
+    zs = (
+        f"ZeRO-{zero}" + (" (optimizer offloaded to CPU)" if offload else "")
+        if zero
+        else "no ZeRO (DDP replicas)"
+    )
+    L.append(
+        f"  memory ({arch.name}, {'bf16' if w == 2 else 'fp32'} weights, {zs}, gradient checkpointing "
+        f"{'on' if cfg.gradient_checkpointing else 'off'}):"
+    )
     L += planmod.format_memory(mem)
     if gpu_gb:
         budget = gpu_gb * planmod.GB
         if mem.learner_total > budget:
-            L.append(f"    WARNING: the training process estimate ({planmod.fmt_gb(mem.learner_total)}) exceeds "
-                     f"{gpu_gb:g} GB per GPU")
+            L.append(
+                f"    WARNING: the training process estimate ({planmod.fmt_gb(mem.learner_total)}) exceeds "
+                f"{gpu_gb:g} GB per GPU"
+            )
         if mem.engine:
             weights, kv = mem.engine.get("weights", 0.0), mem.engine.get("kv cache", 0.0)
             if weights > budget:
-                L.append(f"    WARNING: the vLLM engine's weights ({planmod.fmt_gb(weights)}) exceed {gpu_gb:g} GB "
-                         f"per GPU: raise rollout.tensor_parallel_size")
+                L.append(
+                    f"    WARNING: the vLLM engine's weights ({planmod.fmt_gb(weights)}) exceed {gpu_gb:g} GB "
+                    f"per GPU: raise rollout.tensor_parallel_size"
+                )
             elif weights + kv > budget:
                 free = max(budget * 0.9 - weights, 1.0)
-                L.append(f"    (vLLM has ~{planmod.fmt_gb(free)} for KV cache at 90% utilisation: it generates "
-                         f"the batch in ~{-(-kv // free):.0f} waves)")
+                L.append(
+                    f"    (vLLM has ~{planmod.fmt_gb(free)} for KV cache at 90% utilisation: it generates "
+                    f"the batch in ~{-(-kv // free):.0f} waves)"
+                )
     return L
 
 
@@ -807,8 +952,10 @@ def _fingerprints(sp: StagePlan) -> dict[str, str]:
 
 
 def _conflict(sp: StagePlan, what: str) -> ConfigError:
-    return ConfigError(f"{sp.where}: {sp.out} holds a run with a different {what}; use another --output, "
-                       f"or delete {sp.out} (and the stages after it) to train it again")
+    return ConfigError(
+        f"{sp.where}: {sp.out} holds a run with a different {what}; use another --output, "
+        f"or delete {sp.out} (and the stages after it) to train it again"
+    )
 
 
 def assess_stages(plan: Plan, base_digest: str) -> None:
@@ -824,8 +971,11 @@ def assess_stages(plan: Plan, base_digest: str) -> None:
         if digest is not None:
             if rec is None or rec.get("status") != "finished":
                 saved = sp.out / "resolved_config.yaml"
-                if saved.is_file() and not _cmp_config(yaml.safe_load(saved.read_text()) or {}, new_cfg, type(sp.cfg)) \
-                        and parent_digest is not None:
+                if (
+                    saved.is_file()
+                    and not _cmp_config(yaml.safe_load(saved.read_text()) or {}, new_cfg, type(sp.cfg))
+                    and parent_digest is not None
+                ):
                     sp.status, sp.note = "adopt", "finished model without lineage; recording it"
                     parent_digest = digest
                     continue
@@ -834,11 +984,16 @@ def assess_stages(plan: Plan, base_digest: str) -> None:
             if diff:
                 raise _conflict(sp, f"config ({_describe_diff(rec.get('config', {}), new_cfg, diff)})")
             if parent_digest is None:
-                raise ConfigError(f"{sp.where}: {sp.out} is finished but the stage before it is not; "
-                                  f"delete {sp.out} (and the stages after it) or use another --output")
+                raise ConfigError(
+                    f"{sp.where}: {sp.out} is finished but the stage before it is not; "
+                    f"delete {sp.out} (and the stages after it) or use another --output"
+                )
             if rec.get("parent", {}).get("digest") != parent_digest:
-                raise _conflict(sp, f"parent checkpoint (digest {rec.get('parent', {}).get('digest')} != "
-                                    f"{parent_digest} now)")
+                raise _conflict(
+                    sp,
+                    f"parent checkpoint (digest {rec.get('parent', {}).get('digest')} != "
+                    f"{parent_digest} now)",
+                )
             if rec.get("model", {}).get("digest") != digest:
                 raise _conflict(sp, "model than its lineage records")
             old_fp = {k: v.get("fingerprint") for k, v in (rec.get("data") or {}).items()}
@@ -858,8 +1013,14 @@ def assess_stages(plan: Plan, base_digest: str) -> None:
             if old_cfg is not None:
                 diff = _cmp_config(old_cfg, new_cfg, type(sp.cfg))
                 if diff:
-                    raise _conflict(sp, f"config ({_describe_diff(old_cfg, new_cfg, diff)}) in its interrupted run")
-            if rec and parent_digest is not None and rec.get("parent", {}).get("digest") not in (None, parent_digest):
+                    raise _conflict(
+                        sp, f"config ({_describe_diff(old_cfg, new_cfg, diff)}) in its interrupted run"
+                    )
+            if (
+                rec
+                and parent_digest is not None
+                and rec.get("parent", {}).get("digest") not in (None, parent_digest)
+            ):
                 raise _conflict(sp, "parent checkpoint in its interrupted run")
             steps = list_steps(sp.out / "checkpoints")
             sp.status = "resume" if steps else "pending"
@@ -898,9 +1059,16 @@ def launch_stage(sp: StagePlan, master_port: int) -> None:
     per_node = sp.num_processes // sp.nodes
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(per_node)]
     if sp.nodes > 1:
-        cmd += ["--nnodes", str(sp.nodes), "--node_rank", str(_node_rank()),
-                "--master_addr", os.environ.get("MASTER_ADDR", "localhost"),
-                "--master_port", os.environ.get("MASTER_PORT", str(master_port))]
+        cmd += [
+            "--nnodes",
+            str(sp.nodes),
+            "--node_rank",
+            str(_node_rank()),
+            "--master_addr",
+            os.environ.get("MASTER_ADDR", "localhost"),
+            "--master_port",
+            os.environ.get("MASTER_PORT", str(master_port)),
+        ]
     else:
         cmd += ["--master_port", str(master_port)]
     cmd += ["-m", "open_instruct.cli", sp.type, "--config", str(cfg_path)]
@@ -910,15 +1078,23 @@ def launch_stage(sp: StagePlan, master_port: int) -> None:
         raise RuntimeError(f"stage {sp.name}: launched processes exited with status {res.returncode}")
 
 
-def _stage_lineage(plan: Plan, sp: StagePlan, parent_digest: str, status: str, started: str,
-                   extra: dict | None = None) -> dict:
+def _stage_lineage(
+    plan: Plan, sp: StagePlan, parent_digest: str, status: str, started: str, extra: dict | None = None
+) -> dict:
     return lin.base_record(
-        recipe={"name": plan.recipe.name, "path": str(plan.recipe_path),
-                "sha256": lin.sha256_file(plan.recipe_path), "overrides": plan.overrides},
+        recipe={
+            "name": plan.recipe.name,
+            "path": str(plan.recipe_path),
+            "sha256": lin.sha256_file(plan.recipe_path),
+            "overrides": plan.overrides,
+        },
         stage={"name": sp.name, "type": sp.type, "index": sp.index},
         status=status,
-        parent={"name_or_path": sp.cfg.model_name_or_path, "stage": None if sp.parent == "base" else sp.parent,
-                "digest": parent_digest},
+        parent={
+            "name_or_path": sp.cfg.model_name_or_path,
+            "stage": None if sp.parent == "base" else sp.parent,
+            "digest": parent_digest,
+        },
         model={"digest": None},
         data={role: {"path": mix, **lin.mix_fingerprint(mix)} for role, mix in sp.mixes.items()},
         rewards={},
@@ -929,8 +1105,9 @@ def _stage_lineage(plan: Plan, sp: StagePlan, parent_digest: str, status: str, s
     )
 
 
-def finish_lineage(plan: Plan, sp: StagePlan, parent_digest: str, digest: str, started: str,
-                   seconds: float | None) -> dict:
+def finish_lineage(
+    plan: Plan, sp: StagePlan, parent_digest: str, digest: str, started: str, seconds: float | None
+) -> dict:
     """The finished record: data content hashes (loads each mix), reward sources (RLVR)."""
     rec = _stage_lineage(plan, sp, parent_digest, "finished", started)
     kinds = {"train": STAGE_KIND[sp.type], "eval": STAGE_KIND[sp.type]}
@@ -972,8 +1149,10 @@ def build_base(plan: Plan) -> None:
     if marker.is_file():
         if json.loads(marker.read_text()) == spec:
             return
-        raise ConfigError(f"{plan.where}.base_model: {base} was built from a different tiny spec; "
-                          f"use another --output or delete {plan.output}")
+        raise ConfigError(
+            f"{plan.where}.base_model: {base} was built from a different tiny spec; "
+            f"use another --output or delete {plan.output}"
+        )
     from .model.tiny import build_tiny
 
     tmp = base.parent / ".tmp-base"
@@ -990,9 +1169,17 @@ def build_base(plan: Plan) -> None:
 
 
 def eval_settings(ev: EvalSpec, mix: str) -> dict:
-    return {"dataset_mix": mix, "max_tokens": ev.max_tokens, "limit": ev.limit, "samples": ev.samples,
-            "temperature": ev.resolved_temperature, "seed": ev.seed, "max_prompt_length": ev.max_prompt_length,
-            "reward_modules": list(ev.reward_modules), "rollout": dict(ev.rollout)}
+    return {
+        "dataset_mix": mix,
+        "max_tokens": ev.max_tokens,
+        "limit": ev.limit,
+        "samples": ev.samples,
+        "temperature": ev.resolved_temperature,
+        "seed": ev.seed,
+        "max_prompt_length": ev.max_prompt_length,
+        "reward_modules": list(ev.reward_modules),
+        "rollout": dict(ev.rollout),
+    }
 
 
 class EvalSession:
@@ -1023,8 +1210,12 @@ class EvalSession:
         ev = self.plan.eval
         key = tokenizer_fingerprint(tokenizer)
         if key not in self.rows_cache:
-            tok = tokenize_data(load_mix(self.plan.eval_mix, kind="rlvr"), tokenizer, "rlvr",
-                                max_prompt_length=ev.max_prompt_length)
+            tok = tokenize_data(
+                load_mix(self.plan.eval_mix, kind="rlvr"),
+                tokenizer,
+                "rlvr",
+                max_prompt_length=ev.max_prompt_length,
+            )
             n = len(tok.dataset) if ev.limit is None else min(ev.limit, len(tok.dataset))
             self.rows_cache[key] = take_rows(tok.dataset, range(n))
         return self.rows_cache[key]
@@ -1053,15 +1244,30 @@ class EvalSession:
             self.group.sync_weights(weights)
         else:
             self.close_engine()
-            cfg = build(RolloutConfig, {"model": model_dir, "seed": ev.seed, "dtype": "float32",
-                                        "max_model_len": ev.max_prompt_length + ev.max_tokens, **ev.rollout},
-                        "eval.rollout")
+            cfg = build(
+                RolloutConfig,
+                {
+                    "model": model_dir,
+                    "seed": ev.seed,
+                    "dtype": "float32",
+                    "max_model_len": ev.max_prompt_length + ev.max_tokens,
+                    **ev.rollout,
+                },
+                "eval.rollout",
+            )
             self.group = RolloutGroup(cfg)
             self.arch_key = key
         tokenizer = load_tokenizer(model_dir)
-        return evaluate_rows(self.group, tokenizer, self._rows(model_dir, tokenizer), self.runner,
-                             samples=ev.samples, temperature=ev.resolved_temperature, max_tokens=ev.max_tokens,
-                             seed=ev.seed)
+        return evaluate_rows(
+            self.group,
+            tokenizer,
+            self._rows(model_dir, tokenizer),
+            self.runner,
+            samples=ev.samples,
+            temperature=ev.resolved_temperature,
+            max_tokens=ev.max_tokens,
+            seed=ev.seed,
+        )
 
     def close_engine(self) -> None:
         if self.group is not None:
@@ -1097,8 +1303,18 @@ def heldout_eval(plan: Plan, session: EvalSession, model_dir: str, digest: str, 
         for p in res.per_prompt:
             f.write(json.dumps(p) + "\n")
     tmp = dest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"model": model_dir, "model_digest": digest, "settings": settings,
-                               "summary": summary, "seconds": round(time.time() - t0, 2)}, indent=1))
+    tmp.write_text(
+        json.dumps(
+            {
+                "model": model_dir,
+                "model_digest": digest,
+                "settings": settings,
+                "summary": summary,
+                "seconds": round(time.time() - t0, 2),
+            },
+            indent=1,
+        )
+    )
     os.replace(tmp, dest)
     return summary
 
@@ -1134,7 +1350,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def run_plan(plan: Plan) -> list[StageResult]:
-    from .train.checkpoint import model_digest, verify_model
+    from .train.checkpoint import model_digest
 
     main_node = _node_rank() == 0
     plan.output.mkdir(parents=True, exist_ok=True)
@@ -1152,8 +1368,9 @@ def run_plan(plan: Plan) -> list[StageResult]:
         session.close()
 
 
-def _run_stages(plan: Plan, session: EvalSession, base_digest: str, results: list, t_all: float,
-                main_node: bool) -> list[StageResult]:
+def _run_stages(
+    plan: Plan, session: EvalSession, base_digest: str, results: list, t_all: float, main_node: bool
+) -> list[StageResult]:
     from .train.checkpoint import verify_model
 
     gpu_eval = plan.eval is not None and plan.eval.rollout.get("device") == "cuda"
@@ -1161,16 +1378,29 @@ def _run_stages(plan: Plan, session: EvalSession, base_digest: str, results: lis
     if plan.eval is not None and plan.eval.base and main_node:
         _say(f"held-out eval of the base model ({plan.base})")
         base_eval = heldout_eval(plan, session, plan.base, base_digest, plan.output / "base_eval.json")
-    results.append(StageResult("base", "-", "built" if plan.tiny else "-", None, None, base_digest, base_eval, None,
-                               Path(plan.base)))
+    results.append(
+        StageResult(
+            "base",
+            "-",
+            "built" if plan.tiny else "-",
+            None,
+            None,
+            base_digest,
+            base_eval,
+            None,
+            Path(plan.base),
+        )
+    )
 
     parent_digest = base_digest
     for sp in plan.stages:
         if sp.status == "done":
             rec = lin.read(sp.out) or {}
             digest = rec.get("model", {}).get("digest")
-            _say(f"stage {sp.name}: skipped -- finished model verified (digest {digest}), same config, "
-                 f"same parent, same data")
+            _say(
+                f"stage {sp.name}: skipped -- finished model verified (digest {digest}), same config, "
+                f"same parent, same data"
+            )
             status, seconds = "skipped", rec.get("wall_seconds")
         elif sp.status == "adopt":
             digest = verify_model(sp.out)
@@ -1181,12 +1411,18 @@ def _run_stages(plan: Plan, session: EvalSession, base_digest: str, results: lis
         else:
             started = lin.now()
             status = "resumed" if sp.status == "resume" else "trained"
-            _say(f"stage {sp.name} ({sp.type}): {sp.note or 'training'} from {sp.cfg.model_name_or_path} "
-                 f"-> {sp.out}")
+            _say(
+                f"stage {sp.name} ({sp.type}): {sp.note or 'training'} from {sp.cfg.model_name_or_path} "
+                f"-> {sp.out}"
+            )
             if main_node:
                 prev = lin.read(sp.out)
-                lin.write(sp.out, _stage_lineage(plan, sp, parent_digest, "running",
-                                                 (prev or {}).get("started_at", started)))
+                lin.write(
+                    sp.out,
+                    _stage_lineage(
+                        plan, sp, parent_digest, "running", (prev or {}).get("started_at", started)
+                    ),
+                )
             if sp.type == "rlvr" or gpu_eval:
                 session.close_engine()  # the stage's own engines / the GPUs need the room
             t0 = time.time()
@@ -1202,15 +1438,28 @@ def _run_stages(plan: Plan, session: EvalSession, base_digest: str, results: lis
                 raise RuntimeError(f"stage {sp.name}: finished without an intact published model in {sp.out}")
             if main_node:
                 prev = lin.read(sp.out) or {}
-                rec = finish_lineage(plan, sp, parent_digest, digest, prev.get("started_at", started), seconds)
+                rec = finish_lineage(
+                    plan, sp, parent_digest, digest, prev.get("started_at", started), seconds
+                )
                 lin.write(sp.out, rec)
             _say(f"stage {sp.name}: done in {seconds:.0f}s (model digest {digest})")
         heldout = None
         if plan.eval is not None and main_node:
             _say(f"held-out eval of stage {sp.name}")
             heldout = heldout_eval(plan, session, str(sp.out), digest, sp.out / "heldout_eval.json")
-        results.append(StageResult(sp.name, sp.type, status, seconds, _last_step(sp.out), digest, heldout,
-                                   _read_json(sp.out / "eval.json"), sp.out))
+        results.append(
+            StageResult(
+                sp.name,
+                sp.type,
+                status,
+                seconds,
+                _last_step(sp.out),
+                digest,
+                heldout,
+                _read_json(sp.out / "eval.json"),
+                sp.out,
+            )
+        )
         parent_digest = digest
     if main_node:
         total = time.time() - t_all
@@ -1231,8 +1480,11 @@ def heldout_label(plan: Plan) -> str:
     ev = plan.eval
     if ev is None:
         return "held-out"
-    how = "greedy pass@1" if ev.samples == 1 and ev.resolved_temperature == 0 else \
-        f"pass@1, {ev.samples} samples at T={ev.resolved_temperature:g}"
+    how = (
+        "greedy pass@1"
+        if ev.samples == 1 and ev.resolved_temperature == 0
+        else f"pass@1, {ev.samples} samples at T={ev.resolved_temperature:g}"
+    )
     return f"held-out reward ({how})"
 
 
@@ -1262,8 +1514,17 @@ def summary_rows(plan: Plan, results: list[StageResult]) -> list[list[str]]:
     for r in results:
         acc = (r.heldout or {}).get("reward_mean")
         delta = f" ({100 * (acc - prev):+.1f})" if acc is not None and prev is not None else ""
-        rows.append([r.name, r.type, r.status, _fmt_secs(r.seconds), "-" if r.steps is None else str(r.steps),
-                     _pct(acc) + delta, stage_metric(r)])
+        rows.append(
+            [
+                r.name,
+                r.type,
+                r.status,
+                _fmt_secs(r.seconds),
+                "-" if r.steps is None else str(r.steps),
+                _pct(acc) + delta,
+                stage_metric(r),
+            ]
+        )
         prev = acc if acc is not None else prev
     return rows
 
@@ -1276,27 +1537,41 @@ def format_summary(plan: Plan, results: list[StageResult], total: float) -> str:
     header = list(SUMMARY_HEADER)
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    out = ["", f"== recipe {plan.recipe.name}: {len(plan.stages)} stage(s) in {plan.output} "
-               f"({_fmt_secs(total)} this run)",
-           f"   held-out = {heldout_label(plan)} on {plan.eval_label}" if plan.eval else "   (no held-out eval: eval: null)",
-           line(header), line(["-" * w for w in widths])]
+    out = [
+        "",
+        f"== recipe {plan.recipe.name}: {len(plan.stages)} stage(s) in {plan.output} "
+        f"({_fmt_secs(total)} this run)",
+        f"   held-out = {heldout_label(plan)} on {plan.eval_label}"
+        if plan.eval
+        else "   (no held-out eval: eval: null)",
+        line(header),
+        line(["-" * w for w in widths]),
+    ]
     out += [line(r) for r in rows]
     return "\n".join(out)
 
 
 def write_report(plan: Plan, results: list[StageResult], total: float) -> Path:
     git = lin.git_info()
-    L = [f"# Recipe `{plan.recipe.name}`", "",
-         f"Run directory `{plan.output}`; recipe `{plan.recipe_path}`"
-         + (f" with `--set {' '.join(plan.overrides)}`" if plan.overrides else "") + ".",
-         f"Generated {lin.now()}; git commit `{git['commit']}`{' (dirty)' if git['dirty'] else ''}.", ""]
+    L = [
+        f"# Recipe `{plan.recipe.name}`",
+        "",
+        f"Run directory `{plan.output}`; recipe `{plan.recipe_path}`"
+        + (f" with `--set {' '.join(plan.overrides)}`" if plan.overrides else "")
+        + ".",
+        f"Generated {lin.now()}; git commit `{git['commit']}`{' (dirty)' if git['dirty'] else ''}.",
+        "",
+    ]
     if plan.recipe.description:
         L += [plan.recipe.description.strip(), ""]
     L += ["## Summary", ""]
     if plan.eval:
-        L += [f"Held-out = {heldout_label(plan)} on `{plan.eval_label}`"
-              f"{f' (first {plan.eval.limit} prompts)' if plan.eval.limit else ''}; the number in brackets is the "
-              f"change from the previous row.", ""]
+        L += [
+            f"Held-out = {heldout_label(plan)} on `{plan.eval_label}`"
+            f"{f' (first {plan.eval.limit} prompts)' if plan.eval.limit else ''}; the number in brackets is the "
+            f"change from the previous row.",
+            "",
+        ]
     L.append("| " + " | ".join(SUMMARY_HEADER) + " |")
     L.append("|" + "---|" * len(SUMMARY_HEADER))
     for row in summary_rows(plan, results):
@@ -1307,12 +1582,18 @@ def write_report(plan: Plan, results: list[StageResult], total: float) -> Path:
         L += [f"## {r.name} ({r.type})", ""]
         parent = rec.get("parent", {})
         L.append(f"- started from `{parent.get('name_or_path')}` (digest `{parent.get('digest')}`)")
-        L.append(f"- model `{r.out}` (digest `{r.digest}`), status {r.status}, wall time {_fmt_secs(r.seconds)}")
+        L.append(
+            f"- model `{r.out}` (digest `{r.digest}`), status {r.status}, wall time {_fmt_secs(r.seconds)}"
+        )
         for role, d in (rec.get("data") or {}).items():
-            L.append(f"- data ({role}) `{d.get('path')}`: {d.get('rows', '?')} rows, content hash "
-                     f"`{str(d.get('content_hash'))[:16]}`")
+            L.append(
+                f"- data ({role}) `{d.get('path')}`: {d.get('rows', '?')} rows, content hash "
+                f"`{str(d.get('content_hash'))[:16]}`"
+            )
         for name, info in (rec.get("rewards") or {}).items():
-            L.append(f"- reward `{name}` = `{info.get('function')}` (source sha256 `{str(info.get('source_sha256'))[:16]}`)")
+            L.append(
+                f"- reward `{name}` = `{info.get('function')}` (source sha256 `{str(info.get('source_sha256'))[:16]}`)"
+            )
         if r.stage_eval:
             L.append(f"- stage eval: {stage_metric(r) or json.dumps(r.stage_eval)[:300]}")
         L.append("")
@@ -1321,11 +1602,17 @@ def write_report(plan: Plan, results: list[StageResult], total: float) -> Path:
             L += [f"![{png.stem}]({rel})", ""]
         if r.heldout:
             L += ["| held-out metric | value |", "|---|---|"]
-            L += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in r.heldout.items()]
+            L += [
+                f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                for k, v in r.heldout.items()
+            ]
             L.append("")
     if results and results[0].heldout:
         L += ["## base model", "", "| held-out metric | value |", "|---|---|"]
-        L += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results[0].heldout.items()]
+        L += [
+            f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in results[0].heldout.items()
+        ]
         L.append("")
     path = plan.output / "report.md"
     tmp = path.with_suffix(".md.tmp")
@@ -1337,8 +1624,9 @@ def write_report(plan: Plan, results: list[StageResult], total: float) -> Path:
 # ----------------------------------------------------------------------------- entry points
 
 
-def run_recipe(recipe: str | Path, overrides: list[str] | None = None, output: str | None = None,
-               dry_run: bool = False) -> list[StageResult] | str:
+def run_recipe(
+    recipe: str | Path, overrides: list[str] | None = None, output: str | None = None, dry_run: bool = False
+) -> list[StageResult] | str:
     """Validates the recipe, then prints the plan (dry run) or runs it. Returns the results (or, for
     a dry run, the plan text)."""
     if dry_run:

@@ -82,24 +82,58 @@ def count_params(a: Arch, lm_head: bool = True) -> int:
 # totals the model cards show, and tests check `count_params` reproduces them.
 KNOWN_ARCHS: dict[str, tuple[Arch, tuple[str, ...]]] = {
     "Llama-3.1-8B": (
-        Arch("Llama-3.1-8B", hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256,
-             published_params=8_030_261_248),
+        Arch(
+            "Llama-3.1-8B",
+            hidden=4096,
+            layers=32,
+            heads=32,
+            kv_heads=8,
+            ffn=14336,
+            vocab=128256,
+            published_params=8_030_261_248,
+        ),
         # Tülu 3 8B SFT/DPO/RM/final checkpoints are fine-tunes of it
         (r"llama-3\.1-8b", r"llama-3\.1-tulu-3(\.1)?-8b", r"meta-llama-3\.1-8b"),
     ),
     "Llama-3.1-70B": (
-        Arch("Llama-3.1-70B", hidden=8192, layers=80, heads=64, kv_heads=8, ffn=28672, vocab=128256,
-             published_params=70_553_706_496),
+        Arch(
+            "Llama-3.1-70B",
+            hidden=8192,
+            layers=80,
+            heads=64,
+            kv_heads=8,
+            ffn=28672,
+            vocab=128256,
+            published_params=70_553_706_496,
+        ),
         (r"llama-3\.1-70b", r"llama-3\.1-tulu-3(\.1)?-70b", r"meta-llama-3\.1-70b"),
     ),
     "OLMo-2-1124-7B": (
-        Arch("OLMo-2-1124-7B", hidden=4096, layers=32, heads=32, kv_heads=32, ffn=11008, vocab=100352,
-             qk_norm=True, published_params=7_298_617_344),
+        Arch(
+            "OLMo-2-1124-7B",
+            hidden=4096,
+            layers=32,
+            heads=32,
+            kv_heads=32,
+            ffn=11008,
+            vocab=100352,
+            qk_norm=True,
+            published_params=7_298_617_344,
+        ),
         (r"olmo-2-1124-7b", r"olmo2-7b-1124"),
     ),
     "OLMo-2-1124-13B": (
-        Arch("OLMo-2-1124-13B", hidden=5120, layers=40, heads=40, kv_heads=40, ffn=13824, vocab=100352,
-             qk_norm=True, published_params=13_716_198_400),
+        Arch(
+            "OLMo-2-1124-13B",
+            hidden=5120,
+            layers=40,
+            heads=40,
+            kv_heads=40,
+            ffn=13824,
+            vocab=100352,
+            qk_norm=True,
+            published_params=13_716_198_400,
+        ),
         (r"olmo-2-1124-13b", r"olmo-2-13b-1124"),
     ),
 }
@@ -109,10 +143,17 @@ def arch_from_hf_config(cfg: dict, name: str) -> Arch:
     """An Arch from a Hugging Face config.json (Llama/OLMo 2/Mistral/Qwen-style keys)."""
     try:
         heads = cfg["num_attention_heads"]
-        return Arch(name=name, hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=heads,
-                    kv_heads=cfg.get("num_key_value_heads") or heads, ffn=cfg["intermediate_size"],
-                    vocab=cfg["vocab_size"], tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                    qk_norm=cfg.get("model_type") == "olmo2")
+        return Arch(
+            name=name,
+            hidden=cfg["hidden_size"],
+            layers=cfg["num_hidden_layers"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            ffn=cfg["intermediate_size"],
+            vocab=cfg["vocab_size"],
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qk_norm=cfg.get("model_type") == "olmo2",
+        )
     except KeyError as e:
         raise ValueError(f"{name}: config.json lacks {e}") from None
 
@@ -134,10 +175,16 @@ def resolve_arch(name_or_path: str | None) -> Arch | None:
 
 def tiny_arch(spec: dict) -> Arch:
     """The architecture `build_tiny(**spec)` will create (the tiny tokenizer fills its vocab)."""
-    return Arch(name=f"tiny-{spec.get('arch', 'llama')}", hidden=spec.get("hidden", 128),
-                layers=spec.get("layers", 4), heads=spec.get("heads", 4), kv_heads=spec.get("kv_heads", 2),
-                ffn=spec.get("ffn", 512), vocab=spec.get("vocab_size", 512),
-                qk_norm=spec.get("arch", "llama") == "olmo2")
+    return Arch(
+        name=f"tiny-{spec.get('arch', 'llama')}",
+        hidden=spec.get("hidden", 128),
+        layers=spec.get("layers", 4),
+        heads=spec.get("heads", 4),
+        kv_heads=spec.get("kv_heads", 2),
+        ffn=spec.get("ffn", 512),
+        vocab=spec.get("vocab_size", 512),
+        qk_norm=spec.get("arch", "llama") == "olmo2",
+    )
 
 
 # ----------------------------------------------------------------------------- memory
@@ -161,9 +208,19 @@ def activation_bytes_per_token_layer(a: Arch, w: int) -> int:
     return 8 * a.hidden + w * (6 * a.hidden + 3 * a.kv_dim + 4 * a.ffn)
 
 
-def training_memory(a: Arch, *, params: int, processes: int, zero_stage: int, micro_batch: int,
-                    seq_len: int, gradient_checkpointing: bool, w: int = 2, offload_optimizer: bool = False,
-                    logits: bool = True) -> dict[str, float]:
+def training_memory(
+    a: Arch,
+    *,
+    params: int,
+    processes: int,
+    zero_stage: int,
+    micro_batch: int,
+    seq_len: int,
+    gradient_checkpointing: bool,
+    w: int = 2,
+    offload_optimizer: bool = False,
+    logits: bool = True,
+) -> dict[str, float]:
     """Bytes per process of one trained model (see the module docstring for every formula)."""
     n = max(1, processes)
     weights = params * w / (n if zero_stage >= 3 else 1)
@@ -210,22 +267,40 @@ def dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
 
 
-def estimate_memory(stage_type: str, cfg, arch: Arch, processes: int, value_arch: Arch | None = None) -> MemoryPlan:
+def estimate_memory(
+    stage_type: str, cfg, arch: Arch, processes: int, value_arch: Arch | None = None
+) -> MemoryPlan:
     """The stage's memory per process for `cfg` (an SFT/DPO/RLVR config) on `arch`."""
     w = dtype_bytes(cfg.dtype)
     zero, offload = zero_stage_of(cfg.deepspeed)
     params = count_params(arch)
     notes = []
     if stage_type == "sft":
-        learner = training_memory(arch, params=params, processes=processes, zero_stage=zero,
-                                  micro_batch=cfg.per_device_train_batch_size, seq_len=cfg.max_seq_length,
-                                  gradient_checkpointing=cfg.gradient_checkpointing, w=w, offload_optimizer=offload)
+        learner = training_memory(
+            arch,
+            params=params,
+            processes=processes,
+            zero_stage=zero,
+            micro_batch=cfg.per_device_train_batch_size,
+            seq_len=cfg.max_seq_length,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            w=w,
+            offload_optimizer=offload,
+        )
         return MemoryPlan(learner, notes=notes)
     if stage_type == "dpo":
         # chosen and rejected of each pair go through the model in one forward
-        learner = training_memory(arch, params=params, processes=processes, zero_stage=zero,
-                                  micro_batch=2 * cfg.per_device_train_batch_size, seq_len=cfg.max_seq_length,
-                                  gradient_checkpointing=cfg.gradient_checkpointing, w=w, offload_optimizer=offload)
+        learner = training_memory(
+            arch,
+            params=params,
+            processes=processes,
+            zero_stage=zero,
+            micro_batch=2 * cfg.per_device_train_batch_size,
+            seq_len=cfg.max_seq_length,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            w=w,
+            offload_optimizer=offload,
+        )
         if cfg.loss_type != "simpo" and cfg.reference == "live":
             learner["reference"] = params * w / (processes if zero >= 3 else 1)
         elif cfg.loss_type != "simpo":
@@ -233,24 +308,42 @@ def estimate_memory(stage_type: str, cfg, arch: Arch, processes: int, value_arch
         return MemoryPlan(learner, notes=notes)
     # rlvr: one learner process (policy + reference + value); engines on their own GPUs
     seq = cfg.max_prompt_length + cfg.response_length
-    learner = training_memory(arch, params=params, processes=1, zero_stage=zero,
-                              micro_batch=cfg.per_device_train_batch_size, seq_len=seq,
-                              gradient_checkpointing=cfg.gradient_checkpointing, w=w, offload_optimizer=offload)
+    learner = training_memory(
+        arch,
+        params=params,
+        processes=1,
+        zero_stage=zero,
+        micro_batch=cfg.per_device_train_batch_size,
+        seq_len=seq,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        w=w,
+        offload_optimizer=offload,
+    )
     if cfg.beta > 0:
         learner["reference"] = float(params * w)
     if cfg.algorithm == "ppo":
         va = value_arch or arch
-        v = training_memory(va, params=count_params(va, lm_head=False), processes=1, zero_stage=zero,
-                            micro_batch=cfg.per_device_train_batch_size, seq_len=seq,
-                            gradient_checkpointing=cfg.gradient_checkpointing, w=w, offload_optimizer=offload,
-                            logits=False)
+        v = training_memory(
+            va,
+            params=count_params(va, lm_head=False),
+            processes=1,
+            zero_stage=zero,
+            micro_batch=cfg.per_device_train_batch_size,
+            seq_len=seq,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            w=w,
+            offload_optimizer=offload,
+            logits=False,
+        )
         learner["value model"] = sum(v.values())
     rc = cfg.rollout_config()
     tp = max(1, rc.tensor_parallel_size)
     per_engine_seqs = math.ceil(cfg.rollout_batch / max(1, rc.num_engines))
     engine = {"weights": params * w / tp, "kv cache": kv_cache_bytes(arch, per_engine_seqs * seq, w) / tp}
-    notes.append(f"each of {rc.num_engines} vLLM engine(s) (tensor parallel {tp}) holds "
-                 f"{per_engine_seqs} sequences x {seq} tokens at full length")
+    notes.append(
+        f"each of {rc.num_engines} vLLM engine(s) (tensor parallel {tp}) holds "
+        f"{per_engine_seqs} sequences x {seq} tokens at full length"
+    )
     return MemoryPlan(learner, engine, notes)
 
 

@@ -28,13 +28,21 @@ STAGES = ("sft", "dpo", "rlvr")
 # Small data through inline mixes (integer amounts = row counts), few steps, small evals.
 OVERRIDES = [
     "sft.dataset_mix={kind: sft, sources: [{path: data_mixes/samples/sft_train.jsonl, amount: 512}]}",
-    "sft.max_train_steps=6", "sft.per_device_train_batch_size=32", "sft.total_batch_size=32",
+    "sft.max_train_steps=6",
+    "sft.per_device_train_batch_size=32",
+    "sft.total_batch_size=32",
     "dpo.dataset_mix={kind: preference, sources: [{path: data_mixes/samples/preference_train.jsonl, amount: 64}]}",
     "dpo.eval_dataset_mix={kind: preference, sources: [{path: data_mixes/samples/preference_eval.jsonl, amount: 32}]}",
-    "dpo.max_train_steps=4", "dpo.checkpointing_steps=2", "dpo.per_device_train_batch_size=8",
+    "dpo.max_train_steps=4",
+    "dpo.checkpointing_steps=2",
+    "dpo.per_device_train_batch_size=8",
     "dpo.total_batch_size=8",
-    "rlvr.total_episodes=32", "rlvr.num_unique_prompts_rollout=4", "rlvr.num_samples_per_prompt_rollout=4",
-    "rlvr.per_device_train_batch_size=16", "rlvr.eval_limit=8", "rlvr.rollout.multiprocess_engine=false",
+    "rlvr.total_episodes=32",
+    "rlvr.num_unique_prompts_rollout=4",
+    "rlvr.num_samples_per_prompt_rollout=4",
+    "rlvr.per_device_train_batch_size=16",
+    "rlvr.eval_limit=8",
+    "rlvr.rollout.multiprocess_engine=false",
     "eval.limit=16",
 ]
 
@@ -57,8 +65,14 @@ def _run(out: Path, monkeypatch=None) -> str:
 
 
 def _model_files(out: Path) -> dict[str, float]:
-    return {str(p): p.stat().st_mtime_ns for s in STAGES for p in sorted((out / s).glob("*"))
-            if p.is_file() and p.suffix in (".safetensors", ".json", ".jsonl", ".png") and p.name != "lineage.json"}
+    return {
+        str(p): p.stat().st_mtime_ns
+        for s in STAGES
+        for p in sorted((out / s).glob("*"))
+        if p.is_file()
+        and p.suffix in (".safetensors", ".json", ".jsonl", ".png")
+        and p.name != "lineage.json"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +108,15 @@ def runs(tmp_path_factory):
     files2 = _model_files(out)
     log3 = _run(out)  # run 3: nothing to do
     files3 = _model_files(out)
-    return {"out": out, "after_kill": after_kill, "sft_mtimes": sft_mtimes, "log2": log2, "files2": files2,
-            "log3": log3, "files3": files3}
+    return {
+        "out": out,
+        "after_kill": after_kill,
+        "sft_mtimes": sft_mtimes,
+        "log2": log2,
+        "files2": files2,
+        "log3": log3,
+        "files3": files3,
+    }
 
 
 def test_interrupted_stage_left_a_checkpoint_and_a_running_lineage(runs):
@@ -132,8 +153,11 @@ def test_lineage_chains_parent_digests(runs):
     out = runs["out"]
     recs = {s: lin.read(out / s) for s in STAGES}
     assert recs["sft"]["parent"]["digest"] == model_digest(str(out / "base"))
-    assert recs["dpo"]["parent"] == {"name_or_path": str(out / "sft"), "stage": "sft",
-                                     "digest": recs["sft"]["model"]["digest"]}
+    assert recs["dpo"]["parent"] == {
+        "name_or_path": str(out / "sft"),
+        "stage": "sft",
+        "digest": recs["sft"]["model"]["digest"],
+    }
     assert recs["rlvr"]["parent"]["digest"] == recs["dpo"]["model"]["digest"]
     for s, rec in recs.items():
         assert rec["status"] == "finished"
@@ -141,8 +165,9 @@ def test_lineage_chains_parent_digests(runs):
         assert rec["config"]["model_name_or_path"] == rec["parent"]["name_or_path"]
         train = rec["data"]["train"]
         assert len(train["content_hash"]) == 64 and train["fingerprint"]
-        assert {"torch", "transformers", "trl", "vllm", "deepspeed", "accelerate", "datasets", "ray"} <= \
-            set(rec["packages"])
+        assert {"torch", "transformers", "trl", "vllm", "deepspeed", "accelerate", "datasets", "ray"} <= set(
+            rec["packages"]
+        )
         assert rec["packages"]["torch"] and rec["packages"]["vllm"]
         assert "commit" in rec["git"]
     assert recs["sft"]["data"]["train"]["rows"] == 512
@@ -178,8 +203,9 @@ def test_changed_config_of_a_finished_stage_is_refused_before_training(runs, tmp
     os.chdir(REPO)
     try:
         with pytest.raises(ConfigError) as info:
-            pipeline.run_recipe(REPO / "recipes/tiny.yaml", overrides=[*OVERRIDES, "dpo.beta=0.2"],
-                                output=str(runs["out"]))
+            pipeline.run_recipe(
+                REPO / "recipes/tiny.yaml", overrides=[*OVERRIDES, "dpo.beta=0.2"], output=str(runs["out"])
+            )
     finally:
         os.chdir(cwd)
     assert "stage dpo" in str(info.value) and "beta" in str(info.value)

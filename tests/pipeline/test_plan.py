@@ -49,7 +49,9 @@ def test_8b_weights_gradients_adamw_under_zero():
     assert z3["gradients"] == z3["weights"]
     assert z3["optimizer"] == z2["optimizer"]
     # optimizer offloaded to the CPU: none of it on the GPU
-    assert P.training_memory(arch, processes=8, zero_stage=3, offload_optimizer=True, **common)["optimizer"] == 0
+    assert (
+        P.training_memory(arch, processes=8, zero_stage=3, offload_optimizer=True, **common)["optimizer"] == 0
+    )
 
 
 def test_activation_and_logit_formulas_by_hand():
@@ -82,11 +84,23 @@ def test_rlvr_estimate_adds_reference_value_model_and_engine():
     from open_instruct.config import from_dict
     from open_instruct.rl.rlvr import RLVRConfig
 
-    cfg = from_dict(RLVRConfig, {"model_name_or_path": "m", "dataset_mix": "d.yaml", "output_dir": "o",
-                                 "total_episodes": 1000, "num_unique_prompts_rollout": 8,
-                                 "per_device_train_batch_size": 1, "max_prompt_length": 1024,
-                                 "response_length": 1024, "beta": 0.05, "algorithm": "ppo",
-                                 "deepspeed": "zero3", "gradient_checkpointing": True})
+    cfg = from_dict(
+        RLVRConfig,
+        {
+            "model_name_or_path": "m",
+            "dataset_mix": "d.yaml",
+            "output_dir": "o",
+            "total_episodes": 1000,
+            "num_unique_prompts_rollout": 8,
+            "per_device_train_batch_size": 1,
+            "max_prompt_length": 1024,
+            "response_length": 1024,
+            "beta": 0.05,
+            "algorithm": "ppo",
+            "deepspeed": "zero3",
+            "gradient_checkpointing": True,
+        },
+    )
     arch, _ = P.KNOWN_ARCHS["Llama-3.1-8B"]
     mem = P.estimate_memory("rlvr", cfg, arch, processes=1)
     n = arch.published_params
@@ -105,8 +119,10 @@ def test_mix_amounts_local_and_hints(tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text("".join('{"messages": [{"role": "user", "content": "hi"}]}\n' for _ in range(10)))
     mix = tmp_path / "mix.yaml"
-    mix.write_text(f"sources:\n  - path: {data}\n    amount: 2.5\n  - hf: org/data\n    amount: 0.5\n"
-                   "    num_rows: 1000\n  - hf: org/other\n    amount: 0.1\n")
+    mix.write_text(
+        f"sources:\n  - path: {data}\n    amount: 2.5\n  - hf: org/data\n    amount: 0.5\n"
+        "    num_rows: 1000\n  - hf: org/other\n    amount: 0.1\n"
+    )
     amounts = P.mix_amounts(read_spec(mix))
     assert [a.selected for a in amounts] == [25, 500, None]
     assert P.total_rows(amounts) is None

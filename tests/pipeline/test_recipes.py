@@ -39,17 +39,43 @@ def test_recipe_values_follow_the_references(monkeypatch):
     monkeypatch.chdir(REPO)
     p = load_plan(REPO / "recipes/tulu3_8b.yaml", output="unused", scratch=Path("/tmp"))
     sft, dpo, rlvr = (s.cfg for s in p.stages)
-    assert (sft.loss_reduction, sft.learning_rate, sft.total_batch_size, sft.num_train_epochs,
-            sft.max_seq_length, sft.seed) == ("sum", 5e-6, 128, 2, 4096, 123)
-    assert (dpo.loss_type, dpo.beta, dpo.learning_rate, dpo.warmup_ratio, dpo.max_seq_length) == \
-        ("dpo_norm", 5.0, 5e-7, 0.1, 2048)
-    assert (rlvr.algorithm, rlvr.verification_reward, rlvr.penalty_reward_value, rlvr.beta, rlvr.learning_rate,
-            rlvr.value_model_name_or_path) == ("ppo", 10.0, -10.0, 0.05, 3e-7, "allenai/Llama-3.1-Tulu-3-8B-RM")
+    assert (
+        sft.loss_reduction,
+        sft.learning_rate,
+        sft.total_batch_size,
+        sft.num_train_epochs,
+        sft.max_seq_length,
+        sft.seed,
+    ) == ("sum", 5e-6, 128, 2, 4096, 123)
+    assert (dpo.loss_type, dpo.beta, dpo.learning_rate, dpo.warmup_ratio, dpo.max_seq_length) == (
+        "dpo_norm",
+        5.0,
+        5e-7,
+        0.1,
+        2048,
+    )
+    assert (
+        rlvr.algorithm,
+        rlvr.verification_reward,
+        rlvr.penalty_reward_value,
+        rlvr.beta,
+        rlvr.learning_rate,
+        rlvr.value_model_name_or_path,
+    ) == ("ppo", 10.0, -10.0, 0.05, 3e-7, "allenai/Llama-3.1-Tulu-3-8B-RM")
     p13 = load_plan(REPO / "recipes/olmo2_13b.yaml", output="unused", scratch=Path("/tmp"))
     rl = [s for s in p13.stages if s.type == "rlvr"]
-    assert [Path(s.cfg.dataset_mix).name for s in rl] == ["rlvr_gsm_math_if.yaml", "rlvr_gsm.yaml", "rlvr_math.yaml"]
+    assert [Path(s.cfg.dataset_mix).name for s in rl] == [
+        "rlvr_gsm_math_if.yaml",
+        "rlvr_gsm.yaml",
+        "rlvr_math.yaml",
+    ]
     for s in rl:
-        assert (s.cfg.learning_rate, s.cfg.beta, s.cfg.total_episodes, s.cfg.rollout_batch) == (4e-7, 0.03, 100000, 512)
+        assert (s.cfg.learning_rate, s.cfg.beta, s.cfg.total_episodes, s.cfg.rollout_batch) == (
+            4e-7,
+            0.03,
+            100000,
+            512,
+        )
     assert all(s.cfg.add_bos and s.cfg.chat_template == "tulu" for s in p13.stages)
     # each stage starts from the previous one's output
     assert [s.cfg.model_name_or_path for s in p13.stages[1:]] == [str(s.out) for s in p13.stages[:-1]]

@@ -22,12 +22,14 @@ def test_run_all_collects_rows_and_survives_failures(tmp_path, monkeypatch):
         "    return [{'stage': 'sft', 'metric': 'tokens/s', 'value': 1234.5, 'unit': 'tokens/s',\n"
         "             'baseline': 617.25, 'ratio': 2.0, 'target': '>= 1.5x TRL'},\n"
         "            {'stage': 'rewards', 'metric': 'gsm8k completions/s', 'value': 5e4, 'unit': 'completions/s',\n"
-        "             'target': '> 10,000', 'ok': True}]\n")
+        "             'target': '> 10,000', 'ok': True}]\n"
+    )
     (bench / "b_broken.py").write_text("def run():\n    raise RuntimeError('benchmark exploded')\n")
     (bench / "c_helper.py").write_text("X = 1  # no run(): not a benchmark\n")
     (bench / "d_after.py").write_text(
         "def run():\n    return [{'stage': 'dpo', 'metric': 'pairs/s', 'value': 3.0, 'unit': 'pairs/s',"
-        " 'baseline': None, 'ratio': None, 'target': None}]\n")
+        " 'baseline': None, 'ratio': None, 'target': None}]\n"
+    )
     (bench / "_private.py").write_text("def run():\n    raise SystemExit('must not run')\n")
     monkeypatch.setattr(run_all, "HERE", bench)
     out = tmp_path / "RESULTS.md"

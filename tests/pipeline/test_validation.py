@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from open_instruct.errors import ConfigError, DataError, UserError
 from open_instruct import pipeline
+from open_instruct.errors import ConfigError, DataError, UserError
 from open_instruct.pipeline import apply_recipe_overrides, run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +70,12 @@ def _fails(recipe, tmp_path, exc=UserError, overrides=None, *, contains=()):
 
 def test_typo_in_a_stage_key(tiny_recipe, tmp_path):
     path = tiny_recipe(lambda d: _stage(d, "dpo").update(learnig_rate=1e-4))
-    _fails(path, tmp_path, ConfigError, contains=("stage dpo", "unknown key 'learnig_rate'", "did you mean 'learning_rate'"))
+    _fails(
+        path,
+        tmp_path,
+        ConfigError,
+        contains=("stage dpo", "unknown key 'learnig_rate'", "did you mean 'learning_rate'"),
+    )
 
 
 def test_wrong_type(tiny_recipe, tmp_path):
@@ -87,12 +92,18 @@ def test_missing_file_inside_a_mix(tiny_recipe, tmp_path):
     mix = tmp_path / "mix.yaml"
     mix.write_text("kind: sft\nsources:\n  - path: samples_gone/sft.jsonl\n")
     path = tiny_recipe(lambda d: _stage(d, "sft").update(dataset_mix=str(mix)))
-    _fails(path, tmp_path, DataError, contains=("stage sft.dataset_mix", "samples_gone/sft.jsonl", "not found"))
+    _fails(
+        path, tmp_path, DataError, contains=("stage sft.dataset_mix", "samples_gone/sft.jsonl", "not found")
+    )
 
 
 def test_unknown_reward_name_in_local_rlvr_data(tiny_recipe, tmp_path):
     rows = tmp_path / "prompts.jsonl"
-    good = {"messages": [{"role": "user", "content": "What is 1 + 2?"}], "ground_truth": "3", "dataset": "gsm8k"}
+    good = {
+        "messages": [{"role": "user", "content": "What is 1 + 2?"}],
+        "ground_truth": "3",
+        "dataset": "gsm8k",
+    }
     bad = dict(good, dataset="no_such_verifier")
     rows.write_text("".join(json.dumps(r) + "\n" for r in [good] * 20 + [bad]))  # the bad row is not first
     path = tiny_recipe(lambda d: _stage(d, "rlvr").update(dataset_mix=str(rows)))
@@ -114,7 +125,9 @@ def test_user_reward_module_registers_its_name(tiny_recipe, tmp_path):
     rows.write_text("".join(json.dumps(row) + "\n" for _ in range(20)))
     path = tiny_recipe(lambda d: _stage(d, "rlvr").update(dataset_mix=str(rows)))
     _fails(path, tmp_path, DataError, contains=(name,))
-    path = tiny_recipe(lambda d: _stage(d, "rlvr").update(dataset_mix=str(rows), reward_modules=[f"{mod}:{name}"]))
+    path = tiny_recipe(
+        lambda d: _stage(d, "rlvr").update(dataset_mix=str(rows), reward_modules=[f"{mod}:{name}"])
+    )
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
@@ -130,15 +143,30 @@ def test_data_of_the_wrong_kind(tiny_recipe, tmp_path):
 
 
 def test_batch_that_does_not_divide(tiny_recipe, tmp_path):
-    _fails(tiny_recipe(), tmp_path, ConfigError, overrides=["sft.total_batch_size=100"],
-           contains=("stage sft.total_batch_size", "not divisible"))
-    _fails(tiny_recipe(), tmp_path, ConfigError, overrides=["sft.num_processes=3", "sft.total_batch_size=128"],
-           contains=("stage sft.total_batch_size", "processes (3)"))
+    _fails(
+        tiny_recipe(),
+        tmp_path,
+        ConfigError,
+        overrides=["sft.total_batch_size=100"],
+        contains=("stage sft.total_batch_size", "not divisible"),
+    )
+    _fails(
+        tiny_recipe(),
+        tmp_path,
+        ConfigError,
+        overrides=["sft.num_processes=3", "sft.total_batch_size=128"],
+        contains=("stage sft.total_batch_size", "processes (3)"),
+    )
 
 
 def test_rlvr_mini_batch_arithmetic(tiny_recipe, tmp_path):
-    _fails(tiny_recipe(), tmp_path, ConfigError, overrides=["rlvr.num_mini_batches=3"],
-           contains=("stage rlvr.num_mini_batches", "does not divide"))
+    _fails(
+        tiny_recipe(),
+        tmp_path,
+        ConfigError,
+        overrides=["rlvr.num_mini_batches=3"],
+        contains=("stage rlvr.num_mini_batches", "does not divide"),
+    )
 
 
 def test_pipeline_owned_keys_are_refused(tiny_recipe, tmp_path):
@@ -147,8 +175,13 @@ def test_pipeline_owned_keys_are_refused(tiny_recipe, tmp_path):
 
 
 def test_unknown_set_target(tiny_recipe, tmp_path):
-    _fails(tiny_recipe(), tmp_path, ConfigError, overrides=["sfft.learning_rate=1"],
-           contains=("sfft", "did you mean 'sft'"))
+    _fails(
+        tiny_recipe(),
+        tmp_path,
+        ConfigError,
+        overrides=["sfft.learning_rate=1"],
+        contains=("sfft", "did you mean 'sft'"),
+    )
 
 
 def test_typo_in_defaults(tiny_recipe, tmp_path):
@@ -159,8 +192,13 @@ def test_typo_in_defaults(tiny_recipe, tmp_path):
 def test_cli_prints_one_error_line_and_exits_2(tiny_recipe, tmp_path):
     path = tiny_recipe(lambda d: _stage(d, "dpo").update(learnig_rate=1e-4))
     out = tmp_path / "cli_out"
-    res = subprocess.run([sys.executable, "-m", "open_instruct.cli", "run", str(path), "--output", str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "open_instruct.cli", "run", str(path), "--output", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert lines[-1].startswith("error: ") and "stage dpo" in lines[-1] and "learnig_rate" in lines[-1]
@@ -169,10 +207,27 @@ def test_cli_prints_one_error_line_and_exits_2(tiny_recipe, tmp_path):
 
 
 def test_set_overrides_by_stage_wildcard_and_recipe_key():
-    data = {"name": "r", "base_model": "x/y", "eval": {"dataset_mix": "e.yaml"},
-            "stages": [{"name": "sft", "type": "sft"}, {"name": "dpo", "type": "dpo"}, {"name": "rl", "type": "rlvr"}]}
-    out = apply_recipe_overrides(data, ["sft.learning_rate=1e-5", "*.beta=0.2", "rl.rollout.num_engines=2",
-                                        "eval.limit=20", "*.max_train_steps=3"], "r.yaml")
+    data = {
+        "name": "r",
+        "base_model": "x/y",
+        "eval": {"dataset_mix": "e.yaml"},
+        "stages": [
+            {"name": "sft", "type": "sft"},
+            {"name": "dpo", "type": "dpo"},
+            {"name": "rl", "type": "rlvr"},
+        ],
+    }
+    out = apply_recipe_overrides(
+        data,
+        [
+            "sft.learning_rate=1e-5",
+            "*.beta=0.2",
+            "rl.rollout.num_engines=2",
+            "eval.limit=20",
+            "*.max_train_steps=3",
+        ],
+        "r.yaml",
+    )
     sft, dpo, rl = out["stages"]
     assert float(sft["learning_rate"]) == 1e-5 and "beta" not in sft  # SFT has no beta
     assert dpo["beta"] == 0.2 and rl["beta"] == 0.2
