@@ -43,7 +43,9 @@ def _data(out_dir: Path, pairs: int) -> Path:
     return path
 
 
-def _ours(model_dir: str, data: Path, steps: int, pairs_per_step: int, micro: int, out: str, packing: bool) -> dict:
+def _ours(
+    model_dir: str, data: Path, steps: int, pairs_per_step: int, micro: int, out: str, packing: bool
+) -> dict:
     os.environ["OPEN_INSTRUCT_NO_PROGRESS"] = "1"
     from open_instruct.config import from_dict
     from open_instruct.train import dpo, ref_cache, stage
@@ -64,25 +66,51 @@ def _ours(model_dir: str, data: Path, steps: int, pairs_per_step: int, micro: in
         return res
 
     ref_cache.compute_pair_logps, stage.train_loop = timed_pass, timed_loop
-    cfg = from_dict(dpo.DPOConfig, dict(
-        model_name_or_path=model_dir, dataset_mix=str(data), output_dir=out, loss_type="dpo", beta=BETA,
-        learning_rate=LR, warmup_ratio=0.0, per_device_train_batch_size=micro, total_batch_size=pairs_per_step,
-        max_seq_length=MAX_LEN, dtype="float32", packing=packing, seed=0, logging_steps=1))
+    cfg = from_dict(
+        dpo.DPOConfig,
+        dict(
+            model_name_or_path=model_dir,
+            dataset_mix=str(data),
+            output_dir=out,
+            loss_type="dpo",
+            beta=BETA,
+            learning_rate=LR,
+            warmup_ratio=0.0,
+            per_device_train_batch_size=micro,
+            total_batch_size=pairs_per_step,
+            max_seq_length=MAX_LEN,
+            dtype="float32",
+            packing=packing,
+            seed=0,
+            logging_steps=1,
+        ),
+    )
     dpo.run_dpo(cfg, on_step=lambda step, m: clock["steps"].append(time.perf_counter()))
     marks = clock["steps"]
-    return {"ref_s": clock["ref_s"], "loop_s": clock["loop_end"] - clock["loop_start"],
-            "train_s": marks[-1] - marks[WARMUP - 1], "train_steps": len(marks) - WARMUP, "steps": len(marks)}
+    return {
+        "ref_s": clock["ref_s"],
+        "loop_s": clock["loop_end"] - clock["loop_start"],
+        "train_s": marks[-1] - marks[WARMUP - 1],
+        "train_steps": len(marks) - WARMUP,
+        "steps": len(marks),
+    }
 
 
-def _trl(model_dir: str, data: Path, steps: int, pairs_per_step: int, micro: int, out: str, packing: bool) -> dict:
+def _trl(
+    model_dir: str, data: Path, steps: int, pairs_per_step: int, micro: int, out: str, packing: bool
+) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     rows = [json.loads(x) for x in data.read_text().splitlines()]
     # TRL's conversational preference form: shared prompt turns + one assistant turn per side.
-    ds = Dataset.from_list([{"prompt": r["chosen"][:-1], "chosen": r["chosen"][-1:], "rejected": r["rejected"][-1:]}
-                            for r in rows])
+    ds = Dataset.from_list(
+        [
+            {"prompt": r["chosen"][:-1], "chosen": r["chosen"][-1:], "rejected": r["rejected"][-1:]}
+            for r in rows
+        ]
+    )
     clock: dict = {"steps": []}
     real_pre = DPOTrainer._precompute_ref_logps
 
@@ -98,25 +126,52 @@ def _trl(model_dir: str, data: Path, steps: int, pairs_per_step: int, micro: int
         def on_step_end(self, args, state, control, **kw):
             clock["steps"].append(time.perf_counter())
 
-    args = DPOConfig(output_dir=out, per_device_train_batch_size=micro, gradient_accumulation_steps=pairs_per_step // micro,
-                     num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, beta=BETA,
-                     loss_type=["sigmoid"], precompute_ref_log_probs=True, max_length=MAX_LEN, bf16=False,
-                     use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, seed=0,
-                     dataloader_num_workers=0, padding_free=False)
+    args = DPOConfig(
+        output_dir=out,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=pairs_per_step // micro,
+        num_train_epochs=1,
+        learning_rate=LR,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=True,
+        max_length=MAX_LEN,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        dataloader_num_workers=0,
+        padding_free=False,
+    )
     tok = AutoTokenizer.from_pretrained(model_dir)
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32"), args=args,
-                         train_dataset=ds, processing_class=tok, callbacks=[Clock()])
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32"),
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        callbacks=[Clock()],
+    )
     t = time.perf_counter()
     trainer.train()
     loop_s = time.perf_counter() - t
     trainer.save_model(out)  # ours always publishes the final model: the same work here
     marks = clock["steps"]
-    return {"ref_s": clock["ref_s"], "loop_s": loop_s, "train_s": marks[-1] - marks[WARMUP - 1],
-            "train_steps": len(marks) - WARMUP, "steps": len(marks)}
+    return {
+        "ref_s": clock["ref_s"],
+        "loop_s": loop_s,
+        "train_s": marks[-1] - marks[WARMUP - 1],
+        "train_steps": len(marks) - WARMUP,
+        "steps": len(marks),
+    }
 
 
-def _child(which: str, model_dir: str, steps: int, pairs_per_step: int, micro: int, threads: int,
-           packing: bool) -> None:
+def _child(
+    which: str, model_dir: str, steps: int, pairs_per_step: int, micro: int, threads: int, packing: bool
+) -> None:
     import resource
 
     import torch
@@ -127,38 +182,83 @@ def _child(which: str, model_dir: str, steps: int, pairs_per_step: int, micro: i
         fn = _ours if which == "ours" else _trl
         res = fn(model_dir, data, steps, pairs_per_step, micro, str(Path(out) / "run"), packing)
     pairs = steps * pairs_per_step
-    res.update(pairs=pairs, ref_pairs_per_s=pairs / res["ref_s"],
-               train_pairs_per_s=res["train_steps"] * pairs_per_step / res["train_s"],
-               e2e_pairs_per_s=pairs / (res["ref_s"] + res["loop_s"]),
-               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    res.update(
+        pairs=pairs,
+        ref_pairs_per_s=pairs / res["ref_s"],
+        train_pairs_per_s=res["train_steps"] * pairs_per_step / res["train_s"],
+        e2e_pairs_per_s=pairs / (res["ref_s"] + res["loop_s"]),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def measure(which: str, model_dir: str, steps: int, pairs_per_step: int, micro: int, threads: int,
-            packing: bool = False) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OPEN_INSTRUCT_CACHE=tempfile.mkdtemp(prefix="bench_cache_"),
-               TQDM_DISABLE="1")
-    cmd = [sys.executable, __file__, "--child", which, "--model", model_dir, "--steps", str(steps),
-           "--pairs-per-step", str(pairs_per_step), "--micro-batch", str(micro), "--threads", str(threads)]
-    proc = subprocess.run(cmd + (["--packing"] if packing else []), capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=3600)
+def measure(
+    which: str,
+    model_dir: str,
+    steps: int,
+    pairs_per_step: int,
+    micro: int,
+    threads: int,
+    packing: bool = False,
+) -> dict:
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OPEN_INSTRUCT_CACHE=tempfile.mkdtemp(prefix="bench_cache_"),
+        TQDM_DISABLE="1",
+    )
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        which,
+        "--model",
+        model_dir,
+        "--steps",
+        str(steps),
+        "--pairs-per-step",
+        str(pairs_per_step),
+        "--micro-batch",
+        str(micro),
+        "--threads",
+        str(threads),
+    ]
+    proc = subprocess.run(
+        cmd + (["--packing"] if packing else []),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=3600,
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{which} failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][7:])
 
 
-def run(steps: int = 20, pairs_per_step: int = 32, micro: int = 8, threads: int = 1, hidden: int = 256,
-        layers: int = 4, repeats: int = 1) -> list[dict]:
+def run(
+    steps: int = 20,
+    pairs_per_step: int = 32,
+    micro: int = 8,
+    threads: int = 1,
+    hidden: int = 256,
+    layers: int = 4,
+    repeats: int = 1,
+) -> list[dict]:
     """Rows (stage, metric, value, unit, baseline, ratio, target) for benchmarks/run_all.py. With
     repeats > 1 the trainers alternate; throughput keeps each trainer's best run (the one least
     disturbed by other jobs on the shared cores), peak RSS the median run."""
     from open_instruct.model.tiny import build_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(build_tiny(Path(tmp) / "model", hidden=hidden, layers=layers, heads=4, kv_heads=2,
-                                   ffn=4 * hidden))
+        model_dir = str(
+            build_tiny(Path(tmp) / "model", hidden=hidden, layers=layers, heads=4, kv_heads=2, ffn=4 * hidden)
+        )
         runs: dict[str, list[dict]] = {"ours": [], "trl": []}
         for _ in range(repeats):
             for which in ("ours", "trl"):
@@ -171,14 +271,35 @@ def run(steps: int = 20, pairs_per_step: int = 32, micro: int = 8, threads: int 
         return vals[-1]  # throughput: the run least slowed down by other jobs on the shared cores
 
     rows = []
-    for key, metric in (("train_pairs_per_s", "train pairs/s"), ("ref_pairs_per_s", "reference pass pairs/s"),
-                        ("e2e_pairs_per_s", "end-to-end pairs/s (ref pass + training)")):
+    for key, metric in (
+        ("train_pairs_per_s", "train pairs/s"),
+        ("ref_pairs_per_s", "reference pass pairs/s"),
+        ("e2e_pairs_per_s", "end-to-end pairs/s (ref pass + training)"),
+    ):
         ours, trl = best("ours", key), best("trl", key)
-        rows.append({"stage": "dpo", "metric": metric, "value": ours, "unit": "pairs/s", "baseline": trl,
-                     "ratio": ours / trl, "target": ">= 1.5x TRL DPOTrainer" if key == "train_pairs_per_s" else "-"})
+        rows.append(
+            {
+                "stage": "dpo",
+                "metric": metric,
+                "value": ours,
+                "unit": "pairs/s",
+                "baseline": trl,
+                "ratio": ours / trl,
+                "target": ">= 1.5x TRL DPOTrainer" if key == "train_pairs_per_s" else "-",
+            }
+        )
     ours, trl = best("ours", "peak_rss_mb"), best("trl", "peak_rss_mb")
-    rows.append({"stage": "dpo", "metric": "peak RSS", "value": ours, "unit": "MB", "baseline": trl,
-                 "ratio": ours / trl, "target": "<= 1x TRL"})
+    rows.append(
+        {
+            "stage": "dpo",
+            "metric": "peak RSS",
+            "value": ours,
+            "unit": "MB",
+            "baseline": trl,
+            "ratio": ours / trl,
+            "target": "<= 1x TRL",
+        }
+    )
     return rows
 
 
@@ -186,8 +307,10 @@ def print_table(rows: list[dict]) -> None:
     print("| stage | metric | this toolkit | TRL | ratio | target |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['stage']} | {r['metric']} | {r['value']:.1f} {r['unit']} | {r['baseline']:.1f} {r['unit']} "
-              f"| {r['ratio']:.2f}x | {r['target']} |")
+        print(
+            f"| {r['stage']} | {r['metric']} | {r['value']:.1f} {r['unit']} | {r['baseline']:.1f} {r['unit']} "
+            f"| {r['ratio']:.2f}x | {r['target']} |"
+        )
 
 
 if __name__ == "__main__":

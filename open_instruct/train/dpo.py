@@ -51,17 +51,27 @@ class DPOConfig(TrainConfig):
     each value is in its comment. Fields not listed here are TrainConfig's (engine.py)."""
 
     # --- loss
-    loss_type: Literal["dpo", "dpo_norm", "simpo", "ipo"] = "dpo_norm"  # Tülu 3 8B: length-normalised DPO (`--dpo_loss_type dpo_norm`)
+    loss_type: Literal["dpo", "dpo_norm", "simpo", "ipo"] = (
+        "dpo_norm"  # Tülu 3 8B: length-normalised DPO (`--dpo_loss_type dpo_norm`)
+    )
     beta: float = 5.0  # Tülu 3 8B model card: "KL penalty coefficient 5" (`--dpo_beta 5`)
     label_smoothing: float = 0.0  # conservative DPO eps (dpo, dpo_norm, simpo); Tülu 3 used none
-    simpo_gamma: float = 0.5  # SimPO target reward margin, absolute (= gamma_beta_ratio x beta); TRL CPOConfig's default
+    simpo_gamma: float = (
+        0.5  # SimPO target reward margin, absolute (= gamma_beta_ratio x beta); TRL CPOConfig's default
+    )
     nll_coef: float = 0.0  # RPO-style NLL on the chosen response (mean per-token NLL x coef); off in Tülu 3
     # --- batch layout
-    share_prompt: bool = True  # padded mode: one row per pair [prompt, chosen, rejected], the prompt computed once
+    share_prompt: bool = (
+        True  # padded mode: one row per pair [prompt, chosen, rejected], the prompt computed once
+    )
     # --- reference
-    reference: Literal["cached", "live"] = "cached"  # cached: one pass before training (open-instruct dpo_tune_cache)
+    reference: Literal["cached", "live"] = (
+        "cached"  # cached: one pass before training (open-instruct dpo_tune_cache)
+    )
     ref_model_name_or_path: str | None = None  # null: the starting model is the reference (Tülu 3)
-    reference_batch_size: int | None = None  # pairs per forward in the reference/eval passes; null: per_device_train_batch_size
+    reference_batch_size: int | None = (
+        None  # pairs per forward in the reference/eval passes; null: per_device_train_batch_size
+    )
     # --- held-out evaluation
     eval_dataset_mix: str | None = None  # held-out preference pairs -> eval.json (accuracy before/after)
     # --- optimisation (overrides of TrainConfig defaults)
@@ -134,14 +144,20 @@ def _shared_prompt_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Ten
     prompt's last position, which also predicts the first chosen token."""
     row, src, tgt, seq = batch["lp_row"], batch["lp_src"], batch["lp_tgt"], batch["lp_seq"]
     keep, where = torch.unique(src, return_inverse=True)
-    kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
-              "attention_mask": batch["attention_mask_4d"], "use_cache": False}
+    kwargs = {
+        "input_ids": batch["input_ids"],
+        "position_ids": batch["position_ids"],
+        "attention_mask": batch["attention_mask_4d"],
+        "use_cache": False,
+    }
     logits = _logits(model, kwargs, keep)  # [B, K, V]
     picked = logits[row, where, tgt].float()
     token_lp = picked - torch.logsumexp(logits.float(), dim=-1)[row, where]
     n_seq = batch["num_sequences"]
     sums = torch.zeros(n_seq, dtype=torch.float32, device=token_lp.device).scatter_add(0, seq, token_lp)
-    counts = torch.zeros(n_seq, dtype=torch.long, device=token_lp.device).scatter_add(0, seq, torch.ones_like(seq))
+    counts = torch.zeros(n_seq, dtype=torch.long, device=token_lp.device).scatter_add(
+        0, seq, torch.ones_like(seq)
+    )
     return sums, counts
 
 
@@ -157,8 +173,15 @@ def shared_prompt_collate(rows: list[dict], pad_token_id: int, eager: bool = Fal
     spans = []
     for r in rows:
         p = int(r["prompt_length"])
-        spans.append((p, list(r["chosen_input_ids"]), list(r["rejected_input_ids"]),
-                      list(r["chosen_labels"]), list(r["rejected_labels"])))
+        spans.append(
+            (
+                p,
+                list(r["chosen_input_ids"]),
+                list(r["rejected_input_ids"]),
+                list(r["chosen_labels"]),
+                list(r["rejected_labels"]),
+            )
+        )
     width = max(len(c) + len(rj) - p for p, c, rj, _, _ in spans)
     input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((n, width), dtype=torch.long)
@@ -181,20 +204,38 @@ def shared_prompt_collate(rows: list[dict], pad_token_id: int, eager: bool = Fal
         for t in range(p, pc):  # chosen response token at t, predicted from t - 1
             if c_lab[t] != -100:
                 lp_row.append(i), lp_src.append(t - 1), lp_tgt.append(c_ids[t]), lp_seq.append(i)
-        for j in range(rlen):  # rejected response token j sits at pc + j; its context ends at p - 1 or pc + j - 1
+        for j in range(
+            rlen
+        ):  # rejected response token j sits at pc + j; its context ends at p - 1 or pc + j - 1
             if r_lab[p + j] != -100:
                 lp_row.append(i), lp_src.append(pc + j - 1 if j else p - 1), lp_tgt.append(r_ids[p + j])
                 lp_seq.append(n + i)
     if eager:
-        mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(
+            ~mask, torch.finfo(torch.float32).min
+        )
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask_4d": mask,
-            "lp_row": as_long(lp_row), "lp_src": as_long(lp_src), "lp_tgt": as_long(lp_tgt), "lp_seq": as_long(lp_seq),
-            "num_sequences": 2 * n}
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask_4d": mask,
+        "lp_row": as_long(lp_row),
+        "lp_src": as_long(lp_src),
+        "lp_tgt": as_long(lp_tgt),
+        "lp_seq": as_long(lp_seq),
+        "num_sequences": 2 * n,
+    }
 
 
-def make_batch(cfg: DPOConfig, pad_token_id: int, dataset, indices, device,
-               ref: PairLogps | None = None, shared: bool | None = None) -> dict:
+def make_batch(
+    cfg: DPOConfig,
+    pad_token_id: int,
+    dataset,
+    indices,
+    device,
+    ref: PairLogps | None = None,
+    shared: bool | None = None,
+) -> dict:
     """Pairs `indices` as ONE batch for ONE forward, chosen and rejected together:
     - shared-prompt layout (padded mode, `share_prompt`, sdpa/eager attention): one row per pair, see
       `shared_prompt_collate`;
@@ -209,8 +250,12 @@ def make_batch(cfg: DPOConfig, pad_token_id: int, dataset, indices, device,
     if shared:
         batch = shared_prompt_collate(rows, pad_token_id, eager=cfg.attn_implementation == "eager")
     else:
-        batch = preference_collate(rows, pad_token_id, packing=cfg.packing,
-                                   max_tokens_per_row=cfg.max_seq_length if cfg.packing else None)
+        batch = preference_collate(
+            rows,
+            pad_token_id,
+            packing=cfg.packing,
+            max_tokens_per_row=cfg.max_seq_length if cfg.packing else None,
+        )
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     batch["num_pairs"] = batch["units"] = len(rows)
     if ref is not None:
@@ -238,8 +283,11 @@ def check_shared_prompt(cfg: DPOConfig, model: torch.nn.Module, dataset, pad_tok
             a, n = response_logps(model, make_batch(cfg, pad_token_id, dataset, idx, device, shared=True))
             b, m = response_logps(model, make_batch(cfg, pad_token_id, dataset, idx, device, shared=False))
     except Exception as e:  # noqa: BLE001 - any failure of the custom mask means: do not use it
-        log.warning("shared-prompt batches fail on this model (%s: %s); using concatenated batches",
-                    type(e).__name__, e)
+        log.warning(
+            "shared-prompt batches fail on this model (%s: %s); using concatenated batches",
+            type(e).__name__,
+            e,
+        )
         return False
     finally:
         model.train(was_training)
@@ -247,8 +295,11 @@ def check_shared_prompt(cfg: DPOConfig, model: torch.nn.Module, dataset, pad_tok
     # fp32: numerically equal; half precision: different summation orders (tolerance per token)
     tol = 1e-4 if a.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 5e-2
     if not torch.equal(n, m) or not per_token <= tol:
-        log.warning("shared-prompt batches do not reproduce this model's log-probs (max %.3g nats/token); "
-                    "using concatenated batches", per_token)
+        log.warning(
+            "shared-prompt batches do not reproduce this model's log-probs (max %.3g nats/token); "
+            "using concatenated batches",
+            per_token,
+        )
         return False
     return True
 
@@ -266,8 +317,18 @@ def make_loss_fn(cfg: DPOConfig, ref_model: torch.nn.Module | None = None) -> Ca
             ref_c, ref_r = ref_sums[:n], ref_sums[n:]
         elif cfg.loss_type != "simpo":
             ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
-        out = preference_loss(sums[:n], sums[n:], ref_c, ref_r, counts[:n], counts[n:], loss_type=cfg.loss_type,
-                              beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.simpo_gamma)
+        out = preference_loss(
+            sums[:n],
+            sums[n:],
+            ref_c,
+            ref_r,
+            counts[:n],
+            counts[n:],
+            loss_type=cfg.loss_type,
+            beta=cfg.beta,
+            label_smoothing=cfg.label_smoothing,
+            gamma=cfg.simpo_gamma,
+        )
         total = out.losses.sum()
         # Unit-weighted sums: the engine divides by the pairs of the whole effective batch.
         metrics = {
@@ -311,13 +372,25 @@ def pass_batch_pairs(cfg: DPOConfig) -> int:
     return cfg.reference_batch_size or cfg.per_device_train_batch_size
 
 
-def score_pairs(cfg: DPOConfig, model: torch.nn.Module, dataset, engine: Engine, pad_token_id: int,
-                desc: str, shared: bool = False) -> PairLogps:
+def score_pairs(
+    cfg: DPOConfig,
+    model: torch.nn.Module,
+    dataset,
+    engine: Engine,
+    pad_token_id: int,
+    desc: str,
+    shared: bool = False,
+) -> PairLogps:
     """One sharded no-grad pass of `model` over `dataset` (the reference pass and the eval passes)."""
     return ref_cache.compute_pair_logps(
-        model, dataset,
+        model,
+        dataset,
         make_batch=lambda idx: make_batch(cfg, pad_token_id, dataset, idx, engine.device, shared=shared),
-        forward=response_logps, batch_pairs=pass_batch_pairs(cfg), accelerator=engine.accelerator, desc=desc)
+        forward=response_logps,
+        batch_pairs=pass_batch_pairs(cfg),
+        accelerator=engine.accelerator,
+        desc=desc,
+    )
 
 
 def preference_accuracy(logps: PairLogps, normalised: bool) -> tuple[float, float]:
@@ -349,9 +422,14 @@ def _digest(engine: Engine, name_or_path: str) -> str:
 def _key(cfg: DPOConfig, digest: str, data_hash: str, template: str) -> str:
     from ..model.policy import resolve_dtype
 
-    return ref_cache.cache_key(model_digest=digest, data_hash=data_hash, loss_type=cfg.loss_type,
-                               max_seq_length=cfg.max_seq_length, template=template,
-                               dtype=f"{resolve_dtype(cfg.dtype)}")
+    return ref_cache.cache_key(
+        model_digest=digest,
+        data_hash=data_hash,
+        loss_type=cfg.loss_type,
+        max_seq_length=cfg.max_seq_length,
+        template=template,
+        dtype=f"{resolve_dtype(cfg.dtype)}",
+    )
 
 
 def _load_frozen(cfg: DPOConfig, tokenizer, name_or_path: str, device) -> torch.nn.Module:
@@ -378,21 +456,29 @@ def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) 
         data = stage.load_tokenized(cfg, tokenizer, kind="preference")
         eval_data = None
         if cfg.eval_dataset_mix:
-            eval_data = stage.load_tokenized(dataclasses.replace(cfg, dataset_mix=cfg.eval_dataset_mix), tokenizer,
-                                             kind="preference")
+            eval_data = stage.load_tokenized(
+                dataclasses.replace(cfg, dataset_mix=cfg.eval_dataset_mix), tokenizer, kind="preference"
+            )
     plan = stage.make_plan(cfg, engine, len(data.dataset))
     plan = LengthGroupedPlan(**dataclasses.asdict(plan), lengths=ref_cache.pair_lengths(data.dataset))
     policy = stage.load_policy(cfg, tokenizer)
     pad = tokenizer.pad_token_id
     template = f"{cfg.chat_template}|bos={cfg.add_bos}|{tokenizer_fingerprint(tokenizer)}"
     start_digest = _digest(engine, cfg.model_name_or_path)
-    separate_ref = cfg.loss_type != "simpo" and cfg.ref_model_name_or_path not in (None, "", cfg.model_name_or_path)
+    separate_ref = cfg.loss_type != "simpo" and cfg.ref_model_name_or_path not in (
+        None,
+        "",
+        cfg.model_name_or_path,
+    )
 
     # A live reference is copied before the engine wraps (and, under ZeRO-3, shards) the policy.
     live_ref = None
     if cfg.loss_type != "simpo" and cfg.reference == "live":
-        live_ref = (_load_frozen(cfg, tokenizer, cfg.ref_model_name_or_path, engine.device) if separate_ref
-                    else policy.frozen_copy().model.to(engine.device))
+        live_ref = (
+            _load_frozen(cfg, tokenizer, cfg.ref_model_name_or_path, engine.device)
+            if separate_ref
+            else policy.frozen_copy().model.to(engine.device)
+        )
     engine.prepare(policy.model, plan.num_steps)
     shared = check_shared_prompt(cfg, engine.model, data.dataset, pad, engine.device)
 
@@ -408,18 +494,30 @@ def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) 
         def compute() -> PairLogps:
             # a separate reference model lives only inside this call
             model = _load_frozen(cfg, tokenizer, ref_name, engine.device) if separate_ref else engine.model
-            return score_pairs(cfg, model, data.dataset, engine, pad, desc="reference log-probs", shared=shared)
+            return score_pairs(
+                cfg, model, data.dataset, engine, pad, desc="reference log-probs", shared=shared
+            )
 
-        ref_train, hit = ref_cache.cached_pair_logps(key, len(data.dataset), compute, engine.accelerator,
-                                                     meta={"model": ref_name, "data_hash": data.data_hash})
+        ref_train, hit = ref_cache.cached_pair_logps(
+            key,
+            len(data.dataset),
+            compute,
+            engine.accelerator,
+            meta={"model": ref_name, "data_hash": data.data_hash},
+        )
         if separate_ref:
             import gc
 
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        ref_info = {"key": key, "path": str(ref_cache.cache_path(key)), "hit": hit, "model": ref_name,
-                    "model_digest": ref_digest}
+        ref_info = {
+            "key": key,
+            "path": str(ref_cache.cache_path(key)),
+            "hit": hit,
+            "model": ref_name,
+            "model_digest": ref_digest,
+        }
 
     # Held-out accuracy before training: the starting model's scores (cached like the reference; when
     # the starting model is the reference they are exactly the reference numbers of the eval pairs).
@@ -427,15 +525,29 @@ def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) 
     if eval_data is not None:
         key = _key(cfg, start_digest, eval_data.data_hash, template)
         eval_before, _ = ref_cache.cached_pair_logps(
-            key, len(eval_data.dataset),
-            lambda: score_pairs(cfg, engine.model, eval_data.dataset, engine, pad, desc="eval (before)", shared=shared),
-            engine.accelerator, meta={"model": cfg.model_name_or_path, "data_hash": eval_data.data_hash})
+            key,
+            len(eval_data.dataset),
+            lambda: score_pairs(
+                cfg, engine.model, eval_data.dataset, engine, pad, desc="eval (before)", shared=shared
+            ),
+            engine.accelerator,
+            meta={"model": cfg.model_name_or_path, "data_hash": eval_data.data_hash},
+        )
 
     if engine.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "dpo_reference.json").write_text(json.dumps(
-            {"mode": "none (simpo)" if cfg.loss_type == "simpo" else cfg.reference, **ref_info,
-             "batch_layout": "shared_prompt" if shared else ("packed" if cfg.packing else "concatenated")}, indent=1))
+        (out / "dpo_reference.json").write_text(
+            json.dumps(
+                {
+                    "mode": "none (simpo)" if cfg.loss_type == "simpo" else cfg.reference,
+                    **ref_info,
+                    "batch_layout": "shared_prompt"
+                    if shared
+                    else ("packed" if cfg.packing else "concatenated"),
+                },
+                indent=1,
+            )
+        )
 
     def micro_batch(indices):
         return make_batch(cfg, pad, data.dataset, indices, engine.device, ref_train, shared=shared)
@@ -445,12 +557,22 @@ def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) 
         if on_step is not None:
             on_step(step, metrics)
 
-    stage.train_loop(cfg, engine, plan, micro_batch, make_loss_fn(cfg, live_ref), desc="dpo",
-                     extra_state={"data_hash": data.data_hash}, on_step=step_hook)
+    stage.train_loop(
+        cfg,
+        engine,
+        plan,
+        micro_batch,
+        make_loss_fn(cfg, live_ref),
+        desc="dpo",
+        extra_state={"data_hash": data.data_hash},
+        on_step=step_hook,
+    )
     live_ref = None
 
     if eval_data is not None:
-        after = score_pairs(cfg, engine.model, eval_data.dataset, engine, pad, desc="eval (after)", shared=shared)
+        after = score_pairs(
+            cfg, engine.model, eval_data.dataset, engine, pad, desc="eval (after)", shared=shared
+        )
         if engine.is_main:
             write_eval(cfg, out, eval_before, after, reference_is_start=not separate_ref)
     # Plots are drawn by a short child process: importing matplotlib and drawing costs the training
@@ -476,22 +598,38 @@ def plot_curves(out: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import json, sys; from open_instruct.track import plot_metrics; "
-            "plot_metrics(sys.argv[1], sys.argv[2], [tuple(p) for p in json.loads(sys.argv[3])], title=sys.argv[4])")
+    code = (
+        "import json, sys; from open_instruct.track import plot_metrics; "
+        "plot_metrics(sys.argv[1], sys.argv[2], [tuple(p) for p in json.loads(sys.argv[3])], title=sys.argv[4])"
+    )
     # the child must import this very package, installed or not
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(out / "metrics.jsonl"), str(out / "dpo_curves.png"),
-                               json.dumps(PANELS), f"dpo: {out}"], capture_output=True, text=True, timeout=300,
-                              env=env)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(out / "metrics.jsonl"),
+                str(out / "dpo_curves.png"),
+                json.dumps(PANELS),
+                f"dpo: {out}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         if proc.returncode:
             log.warning("dpo: could not draw %s: %s", out / "dpo_curves.png", proc.stderr.strip()[-500:])
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("dpo: could not draw %s: %s", out / "dpo_curves.png", e)
 
 
-def write_eval(cfg: DPOConfig, out: Path, before: PairLogps, after: PairLogps, reference_is_start: bool) -> dict:
+def write_eval(
+    cfg: DPOConfig, out: Path, before: PairLogps, after: PairLogps, reference_is_start: bool
+) -> dict:
     """eval.json: {"preference_accuracy": {"before", "after"}, "num_pairs", ...} (see docs/dpo.md)."""
     normalised = cfg.loss_type in LENGTH_NORMALISED
     acc_before, margin_before = preference_accuracy(before, normalised)
@@ -504,8 +642,16 @@ def write_eval(cfg: DPOConfig, out: Path, before: PairLogps, after: PairLogps, r
     }
     if cfg.loss_type != "simpo" and reference_is_start:
         # DPO's own implicit-reward accuracy against the reference (0 before training: all ties)
-        res = preference_loss(after.chosen, after.rejected, before.chosen, before.rejected, after.chosen_tokens,
-                              after.rejected_tokens, loss_type=cfg.loss_type, beta=cfg.beta)
+        res = preference_loss(
+            after.chosen,
+            after.rejected,
+            before.chosen,
+            before.rejected,
+            after.chosen_tokens,
+            after.rejected_tokens,
+            loss_type=cfg.loss_type,
+            beta=cfg.beta,
+        )
         result["reward_accuracy"] = float(res.accuracies.mean())
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
@@ -520,12 +666,20 @@ def write_eval(cfg: DPOConfig, out: Path, before: PairLogps, after: PairLogps, r
 def config_from_args(args) -> DPOConfig:
     """--config FILE (optional) + the short form (--model/--data/--output, which win over the file)
     + --set overrides (which win over both). Defaults are DPOConfig's (Tülu 3 8B)."""
-    short = {key: value for key, value in (("model_name_or_path", getattr(args, "model", None)),
-                                           ("dataset_mix", getattr(args, "data", None)),
-                                           ("output_dir", getattr(args, "output", None))) if value}
+    short = {
+        key: value
+        for key, value in (
+            ("model_name_or_path", getattr(args, "model", None)),
+            ("dataset_mix", getattr(args, "data", None)),
+            ("output_dir", getattr(args, "output", None)),
+        )
+        if value
+    }
     overrides = getattr(args, "overrides", None) or []
     if not args.config and not short and not overrides:
-        raise ConfigError("dpo: give --config FILE.yaml, or --model PATH --data FILE --output DIR (and --set key=value)")
+        raise ConfigError(
+            "dpo: give --config FILE.yaml, or --model PATH --data FILE --output DIR (and --set key=value)"
+        )
     data = load_yaml(args.config) if args.config else {}
     data.update(short)
     data = apply_overrides(data, overrides)
@@ -541,10 +695,10 @@ def dpo_command(args) -> int:
     if ev.is_file():
         res = json.loads(ev.read_text())
         acc = res["preference_accuracy"]
-        print(f"dpo: {out}  held-out preference accuracy {acc['before']:.3f} -> {acc['after']:.3f} "
-              f"({res['num_pairs']} pairs)")
+        print(
+            f"dpo: {out}  held-out preference accuracy {acc['before']:.3f} -> {acc['after']:.3f} "
+            f"({res['num_pairs']} pairs)"
+        )
     else:
         print(f"dpo: {out}")
     return 0
-
-

@@ -52,11 +52,17 @@ class PairLogps:
 
     def take(self, indices) -> PairLogps:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return PairLogps(self.chosen[idx], self.rejected[idx], self.chosen_tokens[idx], self.rejected_tokens[idx])
+        return PairLogps(
+            self.chosen[idx], self.rejected[idx], self.chosen_tokens[idx], self.rejected_tokens[idx]
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"chosen": self.chosen.contiguous(), "rejected": self.rejected.contiguous(),
-                "chosen_tokens": self.chosen_tokens.contiguous(), "rejected_tokens": self.rejected_tokens.contiguous()}
+        return {
+            "chosen": self.chosen.contiguous(),
+            "rejected": self.rejected.contiguous(),
+            "chosen_tokens": self.chosen_tokens.contiguous(),
+            "rejected_tokens": self.rejected_tokens.contiguous(),
+        }
 
 
 # ----------------------------------------------------------------------------- keys and files
@@ -69,12 +75,20 @@ def cache_root() -> Path:
     return root / "reference_logps"
 
 
-def cache_key(*, model_digest: str, data_hash: str, loss_type: str, max_seq_length: int, template: str,
-              dtype: str) -> str:
+def cache_key(
+    *, model_digest: str, data_hash: str, loss_type: str, max_seq_length: int, template: str, dtype: str
+) -> str:
     """Everything the stored numbers depend on. `template` should identify the chat template and the
     tokenizer (data/tokenize.py's `tokenizer_fingerprint` covers both); `dtype` the forward precision."""
-    payload = {"version": CACHE_VERSION, "model": model_digest, "data": data_hash, "loss_type": loss_type,
-               "max_seq_length": int(max_seq_length), "template": template, "dtype": dtype}
+    payload = {
+        "version": CACHE_VERSION,
+        "model": model_digest,
+        "data": data_hash,
+        "loss_type": loss_type,
+        "max_seq_length": int(max_seq_length),
+        "template": template,
+        "dtype": dtype,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -95,7 +109,9 @@ def load(path: Path, expected_pairs: int | None = None) -> PairLogps | None:
         log.warning("reference cache %s is unreadable (%s: %s); recomputing", path, type(e).__name__, e)
         return None
     if expected_pairs is not None and len(out) != expected_pairs:
-        log.warning("reference cache %s holds %d pairs, the data has %d; recomputing", path, len(out), expected_pairs)
+        log.warning(
+            "reference cache %s holds %d pairs, the data has %d; recomputing", path, len(out), expected_pairs
+        )
         return None
     return out
 
@@ -121,7 +137,9 @@ def pair_lengths(dataset) -> np.ndarray:
 
     table = dataset.data
     if dataset._indices is not None:  # a selected view: fall back to the (slower) row path
-        return np.array([len(c) + len(r) for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])])
+        return np.array(
+            [len(c) + len(r) for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])]
+        )
     c = pc.list_value_length(table.column("chosen_input_ids")).to_numpy()
     r = pc.list_value_length(table.column("rejected_input_ids")).to_numpy()
     return (c + r).astype(np.int64)
@@ -159,18 +177,20 @@ def compute_pair_logps(
     model.eval()
     from tqdm.auto import tqdm
 
-    show = (accelerator is None or accelerator.is_main_process) and os.environ.get("OPEN_INSTRUCT_NO_PROGRESS") != "1"
+    show = (accelerator is None or accelerator.is_main_process) and os.environ.get(
+        "OPEN_INSTRUCT_NO_PROGRESS"
+    ) != "1"
     autocast = accelerator.autocast() if accelerator is not None else _null()
     try:
         with torch.no_grad(), autocast:
             for start in tqdm(range(0, per, batch_pairs), desc=desc, disable=not show, dynamic_ncols=True):
-                chunk = mine[start:start + batch_pairs]
+                chunk = mine[start : start + batch_pairs]
                 sums, counts = forward(model, make_batch(chunk))
                 k = len(chunk)
-                out[0, start:start + k] = sums[:k].double().cpu()
-                out[1, start:start + k] = sums[k:].double().cpu()
-                out[2, start:start + k] = counts[:k].double().cpu()
-                out[3, start:start + k] = counts[k:].double().cpu()
+                out[0, start : start + k] = sums[:k].double().cpu()
+                out[1, start : start + k] = sums[k:].double().cpu()
+                out[2, start : start + k] = counts[:k].double().cpu()
+                out[3, start : start + k] = counts[k:].double().cpu()
     finally:
         model.train(was_training)
     idx = torch.as_tensor(mine, dtype=torch.long)
@@ -193,8 +213,9 @@ class _null:
         return False
 
 
-def cached_pair_logps(key: str, num_pairs: int, compute: Callable[[], PairLogps], accelerator=None,
-                      meta: dict | None = None) -> tuple[PairLogps, bool]:
+def cached_pair_logps(
+    key: str, num_pairs: int, compute: Callable[[], PairLogps], accelerator=None, meta: dict | None = None
+) -> tuple[PairLogps, bool]:
     """The table for `key`: loaded from the cache (no forward at all) or computed with `compute()`
     (which every process runs: it is the sharded pass) and saved by the main process.
 

@@ -75,9 +75,18 @@ def ref_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 def _cfg(model, data, out, **kw) -> DPOConfig:
-    base = dict(model_name_or_path=str(model), dataset_mix=str(data), output_dir=str(out), loss_type="dpo", beta=0.1,
-                per_device_train_batch_size=8, total_batch_size=8, max_seq_length=256, learning_rate=1e-3,
-                warmup_ratio=0.0)
+    base = dict(
+        model_name_or_path=str(model),
+        dataset_mix=str(data),
+        output_dir=str(out),
+        loss_type="dpo",
+        beta=0.1,
+        per_device_train_batch_size=8,
+        total_batch_size=8,
+        max_seq_length=256,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+    )
     base.update(kw)
     return from_dict(DPOConfig, base)
 
@@ -108,14 +117,25 @@ def test_first_batch_dpo_loss_matches_trl(tiny_model_dir, ref_model_dir, data_di
     from trl import DPOConfig as TRLConfig
     from trl import DPOTrainer
 
-    out = _run(_cfg(tiny_model_dir, data_dir / "p8.jsonl", tmp_path / "ours",
-                    ref_model_name_or_path=str(ref_model_dir), max_train_steps=1))
+    out = _run(
+        _cfg(
+            tiny_model_dir,
+            data_dir / "p8.jsonl",
+            tmp_path / "ours",
+            ref_model_name_or_path=str(ref_model_dir),
+            max_train_steps=1,
+        )
+    )
     ours = _metrics(out)[0]
 
     rows = [json.loads(line) for line in (data_dir / "p8.jsonl").read_text().splitlines()]
     # TRL's conversational form: prompt turns + the final assistant turn of each side.
-    ds = Dataset.from_list([{"prompt": r["chosen"][:-1], "chosen": r["chosen"][-1:], "rejected": r["rejected"][-1:]}
-                            for r in rows])
+    ds = Dataset.from_list(
+        [
+            {"prompt": r["chosen"][:-1], "chosen": r["chosen"][-1:], "rejected": r["rejected"][-1:]}
+            for r in rows
+        ]
+    )
     losses = []
 
     class Recording(DPOTrainer):
@@ -125,12 +145,28 @@ def test_first_batch_dpo_loss_matches_trl(tiny_model_dir, ref_model_dir, data_di
             return loss
 
     _reset()
-    args = TRLConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, max_steps=1, learning_rate=1e-3,
-                     beta=0.1, loss_type=["sigmoid"], bf16=False, use_cpu=True, report_to="none",
-                     precompute_ref_log_probs=True, save_strategy="no", logging_steps=1, max_length=256)
-    trainer = Recording(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                        ref_model=AutoModelForCausalLM.from_pretrained(ref_model_dir), args=args, train_dataset=ds,
-                        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir))
+    args = TRLConfig(
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=8,
+        max_steps=1,
+        learning_rate=1e-3,
+        beta=0.1,
+        loss_type=["sigmoid"],
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        precompute_ref_log_probs=True,
+        save_strategy="no",
+        logging_steps=1,
+        max_length=256,
+    )
+    trainer = Recording(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        ref_model=AutoModelForCausalLM.from_pretrained(ref_model_dir),
+        args=args,
+        train_dataset=ds,
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
     trainer.train()
     assert abs(ours["loss"] - math.log(2)) > 1e-3  # a real reference: not the trivial log 2
     assert abs(ours["loss"] - losses[0]) < 1e-5, (ours["loss"], losses[0])
@@ -145,8 +181,9 @@ def _hand_logprobs(model, ids: list[int], labels: list[int]) -> list[float]:
 
 
 @pytest.mark.parametrize("packing", [False, True])
-def test_dpo_norm_loss_through_the_stage_matches_hand_calculation(tiny_model_dir, ref_model_dir, data_dir, tmp_path,
-                                                                 packing):
+def test_dpo_norm_loss_through_the_stage_matches_hand_calculation(
+    tiny_model_dir, ref_model_dir, data_dir, tmp_path, packing
+):
     """The stage's logged first-step loss (tokenise -> collate chosen+rejected -> one forward ->
     cached reference -> loss) against the dpo_norm formula on per-token log-probs computed here."""
     from transformers import AutoModelForCausalLM
@@ -154,8 +191,16 @@ def test_dpo_norm_loss_through_the_stage_matches_hand_calculation(tiny_model_dir
     from open_instruct.train import stage
 
     beta = 5.0
-    cfg = _cfg(tiny_model_dir, data_dir / "p8.jsonl", tmp_path / "run", loss_type="dpo_norm", beta=beta,
-               ref_model_name_or_path=str(ref_model_dir), max_train_steps=1, packing=packing)
+    cfg = _cfg(
+        tiny_model_dir,
+        data_dir / "p8.jsonl",
+        tmp_path / "run",
+        loss_type="dpo_norm",
+        beta=beta,
+        ref_model_name_or_path=str(ref_model_dir),
+        max_train_steps=1,
+        packing=packing,
+    )
     logged = _metrics(_run(cfg))[0]
 
     tokenizer = stage.load_stage_tokenizer(cfg)
@@ -178,8 +223,9 @@ def test_dpo_norm_loss_through_the_stage_matches_hand_calculation(tiny_model_dir
 
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_shared_prompt_padded_and_packed_batches_give_the_same_logps(tiny_model_dir, tiny_olmo2_dir, data_dir, tmp_path,
-                                                                     arch, attn):
+def test_shared_prompt_padded_and_packed_batches_give_the_same_logps(
+    tiny_model_dir, tiny_olmo2_dir, data_dir, tmp_path, arch, attn
+):
     """The three layouts of one forward over chosen + rejected agree: shared prompt (the default),
     concatenated + padded, concatenated + packed."""
     from transformers import AutoModelForCausalLM
@@ -191,8 +237,15 @@ def test_shared_prompt_padded_and_packed_batches_give_the_same_logps(tiny_model_
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn).eval()
     results, widths = {}, {}
     for layout, packing in (("shared", False), ("padded", False), ("packed", True)):
-        cfg = _cfg(model_dir, data_dir / "p8.jsonl", tmp_path / "x", packing=packing, max_seq_length=128,
-                   attn_implementation=attn, add_bos=arch == "olmo2")
+        cfg = _cfg(
+            model_dir,
+            data_dir / "p8.jsonl",
+            tmp_path / "x",
+            packing=packing,
+            max_seq_length=128,
+            attn_implementation=attn,
+            add_bos=arch == "olmo2",
+        )
         tok = stage.load_stage_tokenizer(cfg)
         ds = stage.load_tokenized(cfg, tok, kind="preference").dataset
         batch = make_batch(cfg, tok.pad_token_id, ds, list(range(8)), "cpu", shared=layout == "shared")
@@ -223,7 +276,9 @@ def test_shared_prompt_falls_back_when_the_model_ignores_the_mask(tiny_model_dir
 
     def ignores_custom_masks(**kw):
         if kw.get("attention_mask") is not None and kw["attention_mask"].ndim == 4:
-            kw["attention_mask"] = None  # plain causal attention: the rejected response would see the chosen one
+            kw["attention_mask"] = (
+                None  # plain causal attention: the rejected response would see the chosen one
+            )
         return real_forward(**kw)
 
     model.forward = ignores_custom_masks
@@ -240,8 +295,14 @@ def test_every_loss_type_trains_one_micro_batch(tiny_model_dir, data_dir, tmp_pa
 
     from open_instruct.train import stage
 
-    cfg = _cfg(tiny_model_dir, data_dir / "p8.jsonl", tmp_path / "x", loss_type=loss_type, nll_coef=0.5,
-               beta=0.5 if loss_type == "ipo" else 0.1)
+    cfg = _cfg(
+        tiny_model_dir,
+        data_dir / "p8.jsonl",
+        tmp_path / "x",
+        loss_type=loss_type,
+        nll_coef=0.5,
+        beta=0.5 if loss_type == "ipo" else 0.1,
+    )
     tok = stage.load_stage_tokenizer(cfg)
     ds = stage.load_tokenized(cfg, tok, kind="preference").dataset
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -249,8 +310,9 @@ def test_every_loss_type_trains_one_micro_batch(tiny_model_dir, data_dir, tmp_pa
     if loss_type != "simpo":  # a reference from a (frozen) copy of the starting model
         with torch.no_grad():
             sums, _ = response_logps(model, make_batch(cfg, tok.pad_token_id, ds, list(range(4)), "cpu"))
-        ref = ref_cache.PairLogps(torch.zeros(8), torch.zeros(8), torch.zeros(8, dtype=torch.long),
-                                  torch.zeros(8, dtype=torch.long))
+        ref = ref_cache.PairLogps(
+            torch.zeros(8), torch.zeros(8), torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long)
+        )
         ref.chosen[:4], ref.rejected[:4] = sums[:4], sums[4:]
     batch = make_batch(cfg, tok.pad_token_id, ds, list(range(4)), "cpu", ref=ref)
     out = make_loss_fn(cfg)(model, batch)
@@ -282,8 +344,18 @@ def test_length_grouped_plan_keeps_each_steps_pairs_and_sorts_micro_batches():
 def test_defaults_are_the_tulu3_8b_dpo_values():
     cfg = DPOConfig(model_name_or_path="m", dataset_mix="d.jsonl", output_dir="o")
     assert (cfg.loss_type, cfg.beta, cfg.learning_rate, cfg.lr_scheduler_type, cfg.warmup_ratio) == (
-        "dpo_norm", 5.0, 5e-7, "linear", 0.1)
-    assert (cfg.num_train_epochs, cfg.max_seq_length, cfg.total_batch_size, cfg.weight_decay) == (1.0, 2048, 32, 0.0)
+        "dpo_norm",
+        5.0,
+        5e-7,
+        "linear",
+        0.1,
+    )
+    assert (cfg.num_train_epochs, cfg.max_seq_length, cfg.total_batch_size, cfg.weight_decay) == (
+        1.0,
+        2048,
+        32,
+        0.0,
+    )
     assert cfg.reference == "cached" and cfg.nll_coef == 0.0 and cfg.label_smoothing == 0.0
 
 
@@ -291,9 +363,17 @@ def test_defaults_are_the_tulu3_8b_dpo_values():
 
 
 def test_preference_accuracy_rises_on_the_sample_data(tiny_model_dir, tmp_path):
-    out = _run(_cfg(tiny_model_dir, REPO / "data_mixes" / "tiny_preference.yaml", tmp_path / "run",
-                    eval_dataset_mix=str(REPO / "data_mixes" / "tiny_preference_eval.yaml"),
-                    per_device_train_batch_size=16, total_batch_size=32, max_train_steps=40))
+    out = _run(
+        _cfg(
+            tiny_model_dir,
+            REPO / "data_mixes" / "tiny_preference.yaml",
+            tmp_path / "run",
+            eval_dataset_mix=str(REPO / "data_mixes" / "tiny_preference_eval.yaml"),
+            per_device_train_batch_size=16,
+            total_batch_size=32,
+            max_train_steps=40,
+        )
+    )
     ev = json.loads((out / "eval.json").read_text())
     acc = ev["preference_accuracy"]
     assert ev["num_pairs"] == 200 and ev["score"] == "sum_logp"
@@ -305,7 +385,14 @@ def test_preference_accuracy_rises_on_the_sample_data(tiny_model_dir, tmp_path):
     assert abs(rows[0]["rewards/margin"]) < 1e-4 and rows[0]["rewards/accuracy"] < 0.25
     assert sum(r["rewards/accuracy"] for r in rows[-10:]) / 10 > 0.6
     assert rows[-1]["rewards/margin"] > 0
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "pairs_per_s"):
+    for key in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "logps/chosen",
+        "logps/rejected",
+        "pairs_per_s",
+    ):
         assert key in rows[-1]
     assert (out / "dpo_curves.png").is_file() and (out / "model.safetensors").is_file()
 
@@ -354,8 +441,14 @@ def test_live_reference_trains_like_the_cached_one(tiny_model_dir, data_dir, tmp
 
 
 def test_resume_after_interruption_equals_the_uninterrupted_run(tiny_model_dir, data_dir, tmp_path):
-    kw = dict(max_train_steps=6, checkpointing_steps=2, per_device_train_batch_size=4, total_batch_size=8,
-              nll_coef=1.0, warmup_ratio=0.2)
+    kw = dict(
+        max_train_steps=6,
+        checkpointing_steps=2,
+        per_device_train_batch_size=4,
+        total_batch_size=8,
+        nll_coef=1.0,
+        warmup_ratio=0.2,
+    )
     full = _run(_cfg(tiny_model_dir, data_dir / "p64.jsonl", tmp_path / "full", **kw))
 
     def crash(step, metrics):
@@ -383,24 +476,60 @@ def test_two_processes_shard_the_reference_pass_and_train_like_one(tiny_model_di
 
     from safetensors.torch import load_file
 
-    (tmp_path / "e13.jsonl").write_text("\n".join((SAMPLES / "preference_eval.jsonl").read_text().splitlines()[:13]))
-    args = ["dpo", "--model", str(tiny_model_dir), "--data", str(data_dir / "p64.jsonl"),
-            "--set", f"eval_dataset_mix={tmp_path / 'e13.jsonl'}", "--set", "total_batch_size=16",
-            "--set", "per_device_train_batch_size=4", "--set", "max_train_steps=2", "--set", "learning_rate=1e-3",
-            "--set", "loss_type=dpo", "--set", "beta=0.1", "--set", "max_seq_length=256",
-            "--set", "reference_batch_size=3"]
+    (tmp_path / "e13.jsonl").write_text(
+        "\n".join((SAMPLES / "preference_eval.jsonl").read_text().splitlines()[:13])
+    )
+    args = [
+        "dpo",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data_dir / "p64.jsonl"),
+        "--set",
+        f"eval_dataset_mix={tmp_path / 'e13.jsonl'}",
+        "--set",
+        "total_batch_size=16",
+        "--set",
+        "per_device_train_batch_size=4",
+        "--set",
+        "max_train_steps=2",
+        "--set",
+        "learning_rate=1e-3",
+        "--set",
+        "loss_type=dpo",
+        "--set",
+        "beta=0.1",
+        "--set",
+        "max_seq_length=256",
+        "--set",
+        "reference_batch_size=3",
+    ]
     runs = {}
-    for name, launcher in (("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]),
-                           ("one", [sys.executable])):
-        env = dict(os.environ, OPEN_INSTRUCT_CACHE=str(tmp_path / f"cache_{name}"), OMP_NUM_THREADS="1",
-                   OPEN_INSTRUCT_NO_PROGRESS="1")
+    for name, launcher in (
+        ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]),
+        ("one", [sys.executable]),
+    ):
+        env = dict(
+            os.environ,
+            OPEN_INSTRUCT_CACHE=str(tmp_path / f"cache_{name}"),
+            OMP_NUM_THREADS="1",
+            OPEN_INSTRUCT_NO_PROGRESS="1",
+        )
         out = tmp_path / name
-        proc = subprocess.run([*launcher, "-m", "open_instruct.cli", *args, "--output", str(out)], env=env,
-                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [*launcher, "-m", "open_instruct.cli", *args, "--output", str(out)],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.count("held-out preference accuracy") == 1  # one summary, not one per process
         runs[name] = out
-    tables = [load_file(json.loads((runs[n] / "dpo_reference.json").read_text())["path"]) for n in ("two", "one")]
+    tables = [
+        load_file(json.loads((runs[n] / "dpo_reference.json").read_text())["path"]) for n in ("two", "one")
+    ]
     assert all(torch.equal(tables[0][k], tables[1][k]) for k in tables[1])
     losses = [[r["loss"] for r in _metrics(runs[n])] for n in ("two", "one")]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
@@ -412,21 +541,39 @@ def test_two_processes_shard_the_reference_pass_and_train_like_one(tiny_model_di
 
 
 def _pair(q, a, b, prompt_b=None):
-    return {"chosen": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-            "rejected": [{"role": "user", "content": prompt_b or q}, {"role": "assistant", "content": b}]}
+    return {
+        "chosen": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+        "rejected": [{"role": "user", "content": prompt_b or q}, {"role": "assistant", "content": b}],
+    }
 
 
 def test_bad_pairs_are_counted_dropped_and_reported(tiny_model_dir, tmp_path, caplog):
-    good = [_pair(f"What is {i} + 1?", f"The answer is {i + 1}.", f"The answer is {i}.") for i in range(10, 14)]
+    good = [
+        _pair(f"What is {i} + 1?", f"The answer is {i + 1}.", f"The answer is {i}.") for i in range(10, 14)
+    ]
     identical = _pair("What is 2 + 2?", "The answer is 4.", "The answer is 4.")
     other_prompt = _pair("What is 3 + 3?", "The answer is 6.", "The answer is 7.", prompt_b="What is 3 + 4?")
-    no_answer = {"chosen": [{"role": "user", "content": "Hi"}], "rejected": [{"role": "user", "content": "Hi"}]}
+    no_answer = {
+        "chosen": [{"role": "user", "content": "Hi"}],
+        "rejected": [{"role": "user", "content": "Hi"}],
+    }
     path = tmp_path / "mixed.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in [good[0], identical, good[1], other_prompt, no_answer,
-                                                            *good[2:]]))
+    path.write_text(
+        "".join(
+            json.dumps(r) + "\n" for r in [good[0], identical, good[1], other_prompt, no_answer, *good[2:]]
+        )
+    )
     with caplog.at_level(logging.WARNING):
-        out = _run(_cfg(tiny_model_dir, path, tmp_path / "run", per_device_train_batch_size=2, total_batch_size=2,
-                        max_train_steps=1))
+        out = _run(
+            _cfg(
+                tiny_model_dir,
+                path,
+                tmp_path / "run",
+                per_device_train_batch_size=2,
+                total_batch_size=2,
+                max_train_steps=1,
+            )
+        )
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "dropped 3 of 7" in msg and "line 2" in msg and "identical" in msg
     assert (out / "model.safetensors").is_file()
@@ -434,7 +581,9 @@ def test_bad_pairs_are_counted_dropped_and_reported(tiny_model_dir, tmp_path, ca
     all_bad = tmp_path / "all_bad.jsonl"
     all_bad.write_text("".join(json.dumps(r) + "\n" for r in [identical, other_prompt, no_answer]))
     with pytest.raises(DataError, match="all 3 rows are unusable"):
-        _run(_cfg(tiny_model_dir, all_bad, tmp_path / "bad", per_device_train_batch_size=2, total_batch_size=2))
+        _run(
+            _cfg(tiny_model_dir, all_bad, tmp_path / "bad", per_device_train_batch_size=2, total_batch_size=2)
+        )
     assert not (tmp_path / "bad" / "model.safetensors").exists()
 
 
@@ -443,9 +592,16 @@ def test_trl_message_list_rows_are_tokenised_like_tulu_rows(tiny_model_dir, tmp_
 
     q, a, b = "What is 12 + 30?", "2+0=2, 1+3=4. The answer is 42.", "2+0=2, 1+3=4. The answer is 43."
     trl = tmp_path / "trl.jsonl"
-    trl.write_text(json.dumps({"prompt": [{"role": "user", "content": q}],
-                               "chosen": [{"role": "assistant", "content": a}],
-                               "rejected": [{"role": "assistant", "content": b}]}) + "\n")
+    trl.write_text(
+        json.dumps(
+            {
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": a}],
+                "rejected": [{"role": "assistant", "content": b}],
+            }
+        )
+        + "\n"
+    )
     tulu = tmp_path / "tulu.jsonl"
     tulu.write_text(json.dumps(_pair(q, a, b)) + "\n")
     got = []
@@ -460,9 +616,25 @@ def test_cli_short_form_with_trl_string_rows(tiny_model_dir, tmp_path, capsys):
     from open_instruct.cli import main
 
     out = tmp_path / "short"
-    code = main(["dpo", "--model", str(tiny_model_dir), "--data", str(SAMPLES / "preference_trl_sample.jsonl"),
-                 "--output", str(out), "--set", "total_batch_size=4", "--set", "per_device_train_batch_size=4",
-                 "--set", "max_train_steps=1", "--set", "max_seq_length=128"])
+    code = main(
+        [
+            "dpo",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(SAMPLES / "preference_trl_sample.jsonl"),
+            "--output",
+            str(out),
+            "--set",
+            "total_batch_size=4",
+            "--set",
+            "per_device_train_batch_size=4",
+            "--set",
+            "max_train_steps=1",
+            "--set",
+            "max_seq_length=128",
+        ]
+    )
     assert code == 0 and (out / "model.safetensors").is_file()
     resolved = yaml.safe_load((out / "resolved_config.yaml").read_text())
     # everything not given on the command line is the Tülu 3 8B default
@@ -475,8 +647,9 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path, capsys):
     from open_instruct.cli import main
 
     path = tmp_path / "dpo.yaml"
-    path.write_text(yaml.safe_dump({"model_name_or_path": "m", "dataset_mix": "d.jsonl", "output_dir": "o",
-                                    "betta": 0.1}))
+    path.write_text(
+        yaml.safe_dump({"model_name_or_path": "m", "dataset_mix": "d.jsonl", "output_dir": "o", "betta": 0.1})
+    )
     assert main(["dpo", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'betta'" in err and "did you mean 'beta'" in err
@@ -502,10 +675,17 @@ def test_example_config_and_recipe_are_valid():
 
 def test_cache_file_is_written_atomically_and_corruption_is_recomputed(tmp_path, monkeypatch):
     monkeypatch.setenv("OPEN_INSTRUCT_CACHE", str(tmp_path))
-    table = ref_cache.PairLogps(torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -4.0]), torch.tensor([1, 2]),
-                                torch.tensor([3, 4]))
-    key = ref_cache.cache_key(model_digest="m", data_hash="d", loss_type="dpo", max_seq_length=8, template="t",
-                              dtype="torch.float32")
+    table = ref_cache.PairLogps(
+        torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -4.0]), torch.tensor([1, 2]), torch.tensor([3, 4])
+    )
+    key = ref_cache.cache_key(
+        model_digest="m",
+        data_hash="d",
+        loss_type="dpo",
+        max_seq_length=8,
+        template="t",
+        dtype="torch.float32",
+    )
     got, hit = ref_cache.cached_pair_logps(key, 2, lambda: table)
     assert not hit and torch.equal(got.chosen, table.chosen)
     assert [p.name for p in ref_cache.cache_root().iterdir()] == [f"{key}.safetensors"]  # no temp files left
