@@ -31,6 +31,18 @@ def fresh_accelerate_state():
     yield
 
 
+@pytest.fixture(autouse=True)
+def restore_environment():
+    # The engine sets ACCELERATE_USE_CPU / ACCELERATE_USE_DEEPSPEED in os.environ when a stage runs
+    # in-process; left behind, they change how later tests' subprocesses (torchrun, DeepSpeed) start.
+    import os
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     # The 2 CPU cores are shared: two torch threads fighting another process for a core are up to
