@@ -87,15 +87,15 @@ def _fresh_accelerate_state():
 
 @pytest.fixture(scope="session")
 def sft_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny Llama after SFT on the toy task (200 steps x 64 examples, ~1 min): answers a fair
-    share of held-out problems, the starting point for DPO and RLVR learning tests."""
+    """The tiny Llama after SFT on the toy task (250 steps x 64 examples, ~1 min on an idle
+    machine): answers a fair share of held-out problems, the start for DPO and RLVR learning tests."""
     from open_instruct.config import from_dict
     from open_instruct.train.sft import SFTConfig, run_sft
 
     out = tmp_path_factory.mktemp("sft") / "model"
     cfg = from_dict(SFTConfig, dict(
         model_name_or_path=str(tiny_model_dir), dataset_mix=str(REPO / "data_mixes/tiny_sft.yaml"),
-        output_dir=str(out), per_device_train_batch_size=64, learning_rate=3e-3, max_train_steps=200,
-        warmup_ratio=0.03, packing=True, max_seq_length=256, seed=0))
+        output_dir=str(out), per_device_train_batch_size=64, learning_rate=3e-3, max_train_steps=250,
+        num_train_epochs=3, warmup_ratio=0.03, packing=True, max_seq_length=128, seed=0))
     run_sft(cfg)
     return out
