@@ -218,7 +218,7 @@ def make_accelerator(deepspeed: str | None, accumulation: int, micro_batch: int,
     if deepspeed:
         # accelerate 1.15 on a machine without GPUs: `cpu=True` silently drops DeepSpeed, and without
         # a gloo state made first every rank believes it is rank 0 of 1.
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # accelerate reads it when building its state
         if on_cpu and distributed:
             PartialState(backend="gloo")
         plugin = DeepSpeedPlugin(hf_ds_config=_deepspeed_config(deepspeed, micro_batch, accumulation,
@@ -226,7 +226,6 @@ def make_accelerator(deepspeed: str | None, accumulation: int, micro_batch: int,
         return Accelerator(gradient_accumulation_steps=accumulation, deepspeed_plugin=plugin)
     if on_cpu:
         # Without cpu=True every CPU rank silently trains alone.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
         if distributed:
             PartialState(backend="gloo", cpu=True)
     return Accelerator(cpu=on_cpu, gradient_accumulation_steps=accumulation,

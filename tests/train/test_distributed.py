@@ -24,7 +24,8 @@ def _config(tmp_path, tiny_model_dir, name, **kw):
 
 
 def _launch(config, nproc):
-    env = dict(os.environ, OPEN_INSTRUCT_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}  # a clean launch
+    env.update(OPEN_INSTRUCT_NO_PROGRESS="1", OMP_NUM_THREADS="1")
     if nproc == 1:
         cmd = [sys.executable, "-m", "open_instruct.cli", "sft", "--config", str(config)]
     else:
