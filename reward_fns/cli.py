@@ -82,7 +82,7 @@ def list_command(args: argparse.Namespace) -> int:
     rows = registry.list_rewards()
     width = max(len(name) for name, _ in rows)
     for name, description in rows:
-        print(f"{name:<{width}}  {description}")
+        print(f"{name:<{width}}  {description or '(no description)'}")
     return 0
 
 
