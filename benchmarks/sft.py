@@ -33,10 +33,22 @@ def _ours(model_dir: str, steps: int, rows_per_step: int, out: str) -> dict:
 
     # examples per step chosen so a step holds about rows_per_step full rows of tokens
     examples = _examples_per_step(model_dir, rows_per_step)
-    cfg = from_dict(SFTConfig, dict(model_name_or_path=model_dir, dataset_mix=str(REPO / "data_mixes/tiny_sft.yaml"),
-                                    output_dir=out, per_device_train_batch_size=examples, max_train_steps=steps,
-                                    packing=True, max_seq_length=ROW_TOKENS, learning_rate=1e-3, dtype="float32",
-                                    warmup_ratio=0.0, seed=0))
+    cfg = from_dict(
+        SFTConfig,
+        dict(
+            model_name_or_path=model_dir,
+            dataset_mix=str(REPO / "data_mixes/tiny_sft.yaml"),
+            output_dir=out,
+            per_device_train_batch_size=examples,
+            max_train_steps=steps,
+            packing=True,
+            max_seq_length=ROW_TOKENS,
+            learning_rate=1e-3,
+            dtype="float32",
+            warmup_ratio=0.0,
+            seed=0,
+        ),
+    )
     run_sft(cfg)
     rows = read_metrics(Path(out) / "metrics.jsonl")[WARMUP:]
     assert rows, f"no metrics after warm-up in {out}: {(Path(out) / 'metrics.jsonl').read_text()[:300]}"
@@ -50,8 +62,10 @@ def _examples_per_step(model_dir: str, rows_per_step: int) -> int:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     lines = (REPO / "data_mixes/samples/sft_train.jsonl").read_text().splitlines()[:200]
-    lengths = [len(tok.apply_chat_template(json.loads(x)["messages"], tokenize=True, return_dict=True)["input_ids"])
-               for x in lines]
+    lengths = [
+        len(tok.apply_chat_template(json.loads(x)["messages"], tokenize=True, return_dict=True)["input_ids"])
+        for x in lines
+    ]
     return max(1, int(rows_per_step * ROW_TOKENS / (sum(lengths) / len(lengths))))
 
 
@@ -69,15 +83,32 @@ def _trl(model_dir: str, steps: int, rows_per_step: int, out: str) -> dict:
         def on_step_end(self, args, state, control, **kw):
             marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
 
-    cfg = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=rows_per_step, packing=True,
-                    max_length=ROW_TOKENS, learning_rate=1e-3, lr_scheduler_type="linear", warmup_ratio=0.0,
-                    use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1000,
-                    include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, seed=0)
+    cfg = SFTConfig(
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=rows_per_step,
+        packing=True,
+        max_length=ROW_TOKENS,
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        warmup_ratio=0.0,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1000,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        seed=0,
+    )
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, callbacks=[Clock()])
     trainer.train()
     (t0, n0), (t1, n1) = marks[WARMUP - 1], marks[-1]
-    return {"tokens_per_s": (n1 - n0) / (t1 - t0), "tokens_per_step": (n1 - n0) / (len(marks) - WARMUP),
-            "steps": len(marks) - WARMUP}
+    return {
+        "tokens_per_s": (n1 - n0) / (t1 - t0),
+        "tokens_per_step": (n1 - n0) / (len(marks) - WARMUP),
+        "steps": len(marks) - WARMUP,
+    }
 
 
 def _child(which: str, model_dir: str, steps: int, rows_per_step: int) -> None:
@@ -93,11 +124,32 @@ def _child(which: str, model_dir: str, steps: int, rows_per_step: int) -> None:
 
 
 def measure(which: str, model_dir: str, steps: int, rows_per_step: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               OPEN_INSTRUCT_CACHE=tempfile.mkdtemp(prefix="bench_cache_"))
-    proc = subprocess.run([sys.executable, __file__, "--child", which, "--model", model_dir, "--steps", str(steps),
-                           "--rows-per-step", str(rows_per_step)], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=1800)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="2",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        OPEN_INSTRUCT_CACHE=tempfile.mkdtemp(prefix="bench_cache_"),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            which,
+            "--model",
+            model_dir,
+            "--steps",
+            str(steps),
+            "--rows-per-step",
+            str(rows_per_step),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=1800,
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{which} failed:\n{proc.stderr[-3000:]}")
@@ -108,19 +160,40 @@ def run(steps: int = 30, hidden: int = 256, layers: int = 4, rows_per_step: int 
     from open_instruct.model.tiny import build_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(build_tiny(Path(tmp) / "model", hidden=hidden, layers=layers, heads=4, kv_heads=2,
-                                   ffn=4 * hidden))
+        model_dir = str(
+            build_tiny(Path(tmp) / "model", hidden=hidden, layers=layers, heads=4, kv_heads=2, ffn=4 * hidden)
+        )
         ours = measure("ours", model_dir, steps, rows_per_step)
         trl = measure("trl", model_dir, steps, rows_per_step)
     ratio = ours["tokens_per_s"] / trl["tokens_per_s"]
     return [
-        {"stage": "sft", "metric": "tokens/s (packing)", "value": ours["tokens_per_s"], "unit": "tok/s",
-         "baseline": trl["tokens_per_s"], "ratio": ratio, "target": ">= 1.5x TRL SFTTrainer"},
-        {"stage": "sft", "metric": "peak RSS", "value": ours["peak_rss_mb"], "unit": "MB",
-         "baseline": trl["peak_rss_mb"], "ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"], "target": "-"},
-        {"stage": "sft", "metric": "tokens per step", "value": ours["tokens_per_step"], "unit": "tok",
-         "baseline": trl["tokens_per_step"], "ratio": ours["tokens_per_step"] / trl["tokens_per_step"],
-         "target": "~1 (same work per step)"},
+        {
+            "stage": "sft",
+            "metric": "tokens/s (packing)",
+            "value": ours["tokens_per_s"],
+            "unit": "tok/s",
+            "baseline": trl["tokens_per_s"],
+            "ratio": ratio,
+            "target": ">= 1.5x TRL SFTTrainer",
+        },
+        {
+            "stage": "sft",
+            "metric": "peak RSS",
+            "value": ours["peak_rss_mb"],
+            "unit": "MB",
+            "baseline": trl["peak_rss_mb"],
+            "ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],
+            "target": "-",
+        },
+        {
+            "stage": "sft",
+            "metric": "tokens per step",
+            "value": ours["tokens_per_step"],
+            "unit": "tok",
+            "baseline": trl["tokens_per_step"],
+            "ratio": ours["tokens_per_step"] / trl["tokens_per_step"],
+            "target": "~1 (same work per step)",
+        },
     ]
 
 
@@ -128,8 +201,10 @@ def print_table(rows: list[dict]) -> None:
     print("| stage | metric | this toolkit | TRL | ratio | target |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['stage']} | {r['metric']} | {r['value']:.1f} {r['unit']} | {r['baseline']:.1f} {r['unit']} "
-              f"| {r['ratio']:.2f}x | {r['target']} |")
+        print(
+            f"| {r['stage']} | {r['metric']} | {r['value']:.1f} {r['unit']} | {r['baseline']:.1f} {r['unit']} "
+            f"| {r['ratio']:.2f}x | {r['target']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -24,14 +24,21 @@ import sys
 def _add_stage(sub, name: str, help_text: str, handler: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--config", help="stage config YAML")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable; dotted keys for nested values)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable; dotted keys for nested values)",
+    )
     p.set_defaults(func=_lazy(handler))
     return p
 
 
 def _lazy(target: str):
     """Handler `module:function` imported only when the command runs."""
+
     def run(args) -> int:
         import importlib
 
@@ -86,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .errors import UserError
 

@@ -192,8 +192,9 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None,
-                base: dict | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None
+) -> T:
     """YAML file (optional) + `base` defaults + `--set` overrides -> validated `cls`."""
     data = dict(base or {})
     where = "config"

@@ -53,8 +53,17 @@ class EvalResult:
         return out
 
 
-def evaluate_rows(group, tokenizer, rows: list[dict], runner, *, samples: int = 1, temperature: float = 0.0,
-                  max_tokens: int = 256, seed: int = 0) -> EvalResult:
+def evaluate_rows(
+    group,
+    tokenizer,
+    rows: list[dict],
+    runner,
+    *,
+    samples: int = 1,
+    temperature: float = 0.0,
+    max_tokens: int = 256,
+    seed: int = 0,
+) -> EvalResult:
     """`rows` are tokenised RLVR rows (prompt_input_ids, prompt, ground_truth, dataset)."""
     sampling = {"n": samples, "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
     gen = group.generate([r["prompt_input_ids"] for r in rows], sampling)
@@ -70,17 +79,33 @@ def evaluate_rows(group, tokenizer, rows: list[dict], runner, *, samples: int = 
     i = 0
     for row, comps in zip(rows, gen.completions):
         k = len(comps)
-        result.per_prompt.append({
-            "prompt": row["prompt"], "dataset": row["dataset"], "ground_truth": row["ground_truth"],
-            "completions": texts[i:i + k], "scores": [float(x) for x in scored.scores[i:i + k]],
-            "stopped": [c.stopped for c in comps]})
+        result.per_prompt.append(
+            {
+                "prompt": row["prompt"],
+                "dataset": row["dataset"],
+                "ground_truth": row["ground_truth"],
+                "completions": texts[i : i + k],
+                "scores": [float(x) for x in scored.scores[i : i + k]],
+                "stopped": [c.stopped for c in comps],
+            }
+        )
         i += k
     return result
 
 
-def evaluate_model(model: str, data: str, *, samples: int = 1, temperature: float | None = None,
-                   max_tokens: int = 256, limit: int | None = None, reward_modules: list[str] | None = None,
-                   rollout: dict | None = None, seed: int = 0, max_prompt_length: int = 2048) -> EvalResult:
+def evaluate_model(
+    model: str,
+    data: str,
+    *,
+    samples: int = 1,
+    temperature: float | None = None,
+    max_tokens: int = 256,
+    limit: int | None = None,
+    reward_modules: list[str] | None = None,
+    rollout: dict | None = None,
+    seed: int = 0,
+    max_prompt_length: int = 2048,
+) -> EvalResult:
     """Starts an engine on `model`, evaluates the RLVR-format mix `data`, shuts the engine down."""
     from reward_fns import RewardRunner, load_user_rewards
 
@@ -94,18 +119,37 @@ def evaluate_model(model: str, data: str, *, samples: int = 1, temperature: floa
     for spec in reward_modules or []:
         load_user_rewards(spec)
     tokenizer = load_tokenizer(model)
-    tokenized = tokenize_data(load_mix(data, kind="rlvr"), tokenizer, "rlvr", max_prompt_length=max_prompt_length)
+    tokenized = tokenize_data(
+        load_mix(data, kind="rlvr"), tokenizer, "rlvr", max_prompt_length=max_prompt_length
+    )
     n = len(tokenized.dataset) if limit is None else min(limit, len(tokenized.dataset))
     rows = take_rows(tokenized.dataset, range(n))
     if temperature is None:
         temperature = 0.0 if samples == 1 else 1.0
-    cfg = from_dict(RolloutConfig, {"model": model, "seed": seed, "dtype": "float32",
-                                    "max_model_len": max_prompt_length + max_tokens, **(rollout or {})}, "rollout")
+    cfg = from_dict(
+        RolloutConfig,
+        {
+            "model": model,
+            "seed": seed,
+            "dtype": "float32",
+            "max_model_len": max_prompt_length + max_tokens,
+            **(rollout or {}),
+        },
+        "rollout",
+    )
     group = RolloutGroup(cfg)
     runner = RewardRunner(extra_modules=list(reward_modules or []))
     try:
-        return evaluate_rows(group, tokenizer, rows, runner, samples=samples, temperature=temperature,
-                             max_tokens=max_tokens, seed=seed)
+        return evaluate_rows(
+            group,
+            tokenizer,
+            rows,
+            runner,
+            samples=samples,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
     finally:
         group.shutdown()
         runner.close()
@@ -113,13 +157,22 @@ def evaluate_model(model: str, data: str, *, samples: int = 1, temperature: floa
 
 def format_summary(summary: dict) -> str:
     width = max(len(k) for k in summary)
-    return "\n".join(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}"
-                     for k, v in summary.items())
+    return "\n".join(
+        f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}"
+        for k, v in summary.items()
+    )
 
 
 def eval_command(args) -> int:
-    res = evaluate_model(args.model, args.data, samples=args.samples, temperature=args.temperature,
-                         max_tokens=args.max_tokens, limit=args.limit, reward_modules=args.reward_module)
+    res = evaluate_model(
+        args.model,
+        args.data,
+        samples=args.samples,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        limit=args.limit,
+        reward_modules=args.reward_module,
+    )
     summary = res.summary()
     print(f"eval of {args.model} on {args.data}:")
     print(format_summary(summary))

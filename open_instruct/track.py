@@ -44,10 +44,19 @@ def _clean(v: Any) -> Any:
 class Tracker:
     """Logs one dict of scalars per step to metrics.jsonl, tqdm and (optionally) wandb."""
 
-    def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int = 0,
-                 desc: str = "train", enabled: bool = True, wandb_project: str | None = None,
-                 wandb_run_name: str | None = None, config: dict | None = None,
-                 bar_keys: tuple[str, ...] = ("loss", "lr", "tokens_per_s")):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        desc: str = "train",
+        enabled: bool = True,
+        wandb_project: str | None = None,
+        wandb_run_name: str | None = None,
+        config: dict | None = None,
+        bar_keys: tuple[str, ...] = ("loss", "lr", "tokens_per_s"),
+    ):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.path = self.run_dir / "metrics.jsonl"
@@ -61,8 +70,13 @@ class Tracker:
         self._file = open(self.path, "a")
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
-                         disable=os.environ.get("OPEN_INSTRUCT_NO_PROGRESS") == "1")
+        self._bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc=desc,
+            dynamic_ncols=True,
+            disable=os.environ.get("OPEN_INSTRUCT_NO_PROGRESS") == "1",
+        )
         project = wandb_project or os.environ.get("WANDB_PROJECT")
         if project:
             self._wandb = self._start_wandb(project, wandb_run_name, config)
@@ -81,8 +95,15 @@ class Tracker:
         run_id_file = self.run_dir / "wandb_run_id"
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else wandb.util.generate_id()
         run_id_file.write_text(run_id)
-        return wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
-                          dir=str(self.run_dir), config=config or {})
+        return wandb.init(
+            project=project,
+            name=name,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=str(self.run_dir),
+            config=config or {},
+        )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -108,8 +129,9 @@ class Tracker:
             self._wandb.finish()
 
 
-def plot_metrics(metrics_path: str | Path, out_png: str | Path, panels: list[tuple[str, list[str]]],
-                 title: str = "") -> Path | None:
+def plot_metrics(
+    metrics_path: str | Path, out_png: str | Path, panels: list[tuple[str, list[str]]], title: str = ""
+) -> Path | None:
     """One PNG with a panel per (title, [keys]); raw values faint, a moving average bold."""
     rows = read_metrics(metrics_path)
     panels = [(t, [k for k in keys if any(r.get(k) is not None for r in rows)]) for t, keys in panels]
@@ -129,8 +151,10 @@ def plot_metrics(metrics_path: str | Path, out_png: str | Path, panels: list[tup
             line = ax.plot(xs, ys, alpha=0.3 if len(ys) > 20 else 0.9, linewidth=1)[0]
             if len(ys) > 20:
                 w = max(2, len(ys) // 20)
-                smooth = [sum(ys[max(0, i - w + 1): i + 1]) / len(ys[max(0, i - w + 1): i + 1])
-                          for i in range(len(ys))]
+                smooth = [
+                    sum(ys[max(0, i - w + 1) : i + 1]) / len(ys[max(0, i - w + 1) : i + 1])
+                    for i in range(len(ys))
+                ]
                 ax.plot(xs, smooth, color=line.get_color(), linewidth=2, label=key)
             else:
                 line.set_label(key)

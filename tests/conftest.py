@@ -93,9 +93,21 @@ def sft_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     from open_instruct.train.sft import SFTConfig, run_sft
 
     out = tmp_path_factory.mktemp("sft") / "model"
-    cfg = from_dict(SFTConfig, dict(
-        model_name_or_path=str(tiny_model_dir), dataset_mix=str(REPO / "data_mixes/tiny_sft.yaml"),
-        output_dir=str(out), per_device_train_batch_size=64, learning_rate=3e-3, max_train_steps=250,
-        num_train_epochs=3, warmup_ratio=0.03, packing=True, max_seq_length=128, seed=0))
+    cfg = from_dict(
+        SFTConfig,
+        dict(
+            model_name_or_path=str(tiny_model_dir),
+            dataset_mix=str(REPO / "data_mixes/tiny_sft.yaml"),
+            output_dir=str(out),
+            per_device_train_batch_size=64,
+            learning_rate=3e-3,
+            max_train_steps=250,
+            num_train_epochs=3,
+            warmup_ratio=0.03,
+            packing=True,
+            max_seq_length=128,
+            seed=0,
+        ),
+    )
     run_sft(cfg)
     return out

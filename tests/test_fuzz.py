@@ -13,24 +13,36 @@ from open_instruct.config import from_dict
 from open_instruct.errors import UserError
 from open_instruct.train.sft import SFTConfig
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True),
-                         st.text(max_size=8))
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=8)
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=8)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 roles = st.sampled_from(["user", "assistant", "system", "bot", "", None, 3])
 messages = st.lists(st.fixed_dictionaries({"role": roles, "content": json_values}), max_size=4)
 rows = st.one_of(
     st.fixed_dictionaries({"messages": st.one_of(messages, json_values)}),
     st.fixed_dictionaries({"chosen": messages, "rejected": messages}),
-    st.dictionaries(st.sampled_from(["messages", "chosen", "rejected", "prompt", "ground_truth", "dataset",
-                                     "other"]), json_values, max_size=4),
+    st.dictionaries(
+        st.sampled_from(["messages", "chosen", "rejected", "prompt", "ground_truth", "dataset", "other"]),
+        json_values,
+        max_size=4,
+    ),
     json_values,
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batch=st.lists(rows, min_size=1, max_size=4), kind=st.sampled_from(["sft", "preference", "rlvr"]),
-       garbage=st.booleans())
+@given(
+    batch=st.lists(rows, min_size=1, max_size=4),
+    kind=st.sampled_from(["sft", "preference", "rlvr"]),
+    garbage=st.booleans(),
+)
 def test_random_rows_give_a_one_line_error_or_load(tmp_path_factory, batch, kind, garbage):
     from open_instruct.data.mixes import load_mix
 
@@ -48,9 +60,23 @@ def test_random_rows_give_a_one_line_error_or_load(tmp_path_factory, batch, kind
         assert len(mix.dataset) + mix.num_dropped == len(batch)
 
 
-config_keys = st.sampled_from(["learning_rate", "per_device_train_batch_size", "loss_reduction", "packing",
-                               "total_batch_size", "warmup_ratio", "chat_template", "deepspeed", "seed",
-                               "learning_rat", "", "max_seq_length", "num_train_epochs"])
+config_keys = st.sampled_from(
+    [
+        "learning_rate",
+        "per_device_train_batch_size",
+        "loss_reduction",
+        "packing",
+        "total_batch_size",
+        "warmup_ratio",
+        "chat_template",
+        "deepspeed",
+        "seed",
+        "learning_rat",
+        "",
+        "max_seq_length",
+        "num_train_epochs",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -66,8 +92,11 @@ def test_random_configs_give_a_one_line_error_or_a_config(cfg):
 
 
 @settings(max_examples=80, deadline=None)
-@given(label=json_values, completion=st.text(alphabet=string.printable + "äπ∑", max_size=200),
-       name=st.sampled_from(["gsm8k", "math", "strict_math", "ifeval", "string_match", "f1", "max_length"]))
+@given(
+    label=json_values,
+    completion=st.text(alphabet=string.printable + "äπ∑", max_size=200),
+    name=st.sampled_from(["gsm8k", "math", "strict_math", "ifeval", "string_match", "f1", "max_length"]),
+)
 def test_random_reward_labels_score_in_range(label, completion, name):
     from reward_fns import RewardRunner
 
@@ -82,6 +111,9 @@ def test_malformed_set_overrides_are_one_line_errors(override):
 
     with pytest.raises(UserError) as e:
         apply_overrides({}, [override])
-        from_dict(SFTConfig, apply_overrides({"model_name_or_path": "m", "dataset_mix": "d", "output_dir": "o"},
-                                             [override]), "cli")
+        from_dict(
+            SFTConfig,
+            apply_overrides({"model_name_or_path": "m", "dataset_mix": "d", "output_dir": "o"}, [override]),
+            "cli",
+        )
     assert "\n" not in str(e.value)

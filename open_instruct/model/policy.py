@@ -32,7 +32,9 @@ class LoraSettings:
 def resolve_dtype(name: str) -> torch.dtype:
     """`auto` is bf16 where the hardware does it fast (CUDA), else fp32."""
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
     if name not in DTYPES:
         raise ConfigError(f"dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -48,11 +50,17 @@ def check_safe_weights(name_or_path: str, allow_pickle: bool) -> None:
     if not has_safe and pickles and not allow_pickle:
         raise ConfigError(
             f"{path}: only pickle weights ({pickles[0]}); refusing to unpickle an untrusted checkpoint. "
-            "Convert it to safetensors, or set allow_pickle: true if you trust its source")
+            "Convert it to safetensors, or set allow_pickle: true if you trust its source"
+        )
 
 
-def load_tokenizer(name_or_path: str, *, chat_template: str | None = None, add_bos: bool = False,
-                   trust_remote_code: bool = False):
+def load_tokenizer(
+    name_or_path: str,
+    *,
+    chat_template: str | None = None,
+    add_bos: bool = False,
+    trust_remote_code: bool = False,
+):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -75,18 +83,31 @@ class Policy:
         self.name_or_path = name_or_path
 
     @classmethod
-    def load(cls, name_or_path: str, *, tokenizer=None, dtype: str = "float32",
-             attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
-             lora: LoraSettings | None = None, trust_remote_code: bool = False,
-             allow_pickle: bool = False, trainable: bool = True) -> Policy:
+    def load(
+        cls,
+        name_or_path: str,
+        *,
+        tokenizer=None,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        gradient_checkpointing: bool = False,
+        lora: LoraSettings | None = None,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        trainable: bool = True,
+    ) -> Policy:
         from transformers import AutoModelForCausalLM
 
         check_safe_weights(name_or_path, allow_pickle)
         if tokenizer is None:
             tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle)
+            name_or_path,
+            dtype=resolve_dtype(dtype),
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=not allow_pickle,
+        )
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         if gradient_checkpointing and trainable:
@@ -95,9 +116,16 @@ class Policy:
         if lora is not None and trainable:
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(
-                r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.rank,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
         if not trainable:
             model.eval()
             model.requires_grad_(False)
@@ -113,8 +141,7 @@ class Policy:
         return Policy(model, self.tokenizer, self.name_or_path)
 
     # ---- forward -------------------------------------------------------------------------
-    def logprobs(self, batch: dict, model: torch.nn.Module | None = None,
-                 return_entropy: bool = False):
+    def logprobs(self, batch: dict, model: torch.nn.Module | None = None, return_entropy: bool = False):
         """Per-token log-prob of `labels[t]` given tokens `< t`, `[B, T]` fp32, 0 where unlabelled.
 
         `model` lets a caller pass the engine-wrapped (DDP/DeepSpeed) module.

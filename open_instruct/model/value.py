@@ -16,15 +16,28 @@ from ..model.policy import check_safe_weights, resolve_dtype, token_logprobs
 log = logging.getLogger(__name__)
 
 
-def load_value_model(name_or_path: str, *, dtype: str = "float32", attn_implementation: str = "sdpa",
-                     gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                     allow_pickle: bool = False, pad_token_id: int | None = None) -> nn.Module:
+def load_value_model(
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    pad_token_id: int | None = None,
+) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     check_safe_weights(name_or_path, allow_pickle)
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=1, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle, output_loading_info=True)
+        name_or_path,
+        num_labels=1,
+        dtype=resolve_dtype(dtype),
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=not allow_pickle,
+        output_loading_info=True,
+    )
     head = _head(model)
     if any(k.startswith(_head_name(model)) for k in info.get("missing_keys", [])):
         nn.init.zeros_(head.weight)

@@ -62,7 +62,9 @@ class RLVRConfig(TrainConfig):
     num_mini_batches: int = 1
     cliprange: float = 0.2
     beta: float = 0.05  # KL coefficient
-    kl_estimator: Literal["k1", "k2", "k3"] | None = None  # default: k1 (ppo, in the reward), k3 (grpo, in the loss)
+    kl_estimator: Literal["k1", "k2", "k3"] | None = (
+        None  # default: k1 (ppo, in the reward), k3 (grpo, in the loss)
+    )
     # PPO
     value_model_name_or_path: str | None = None  # default: start from the policy with a zero head
     gamma: float = 1.0
@@ -99,12 +101,16 @@ class RLVRConfig(TrainConfig):
             raise ConfigError(f"{where}: set total_episodes or max_train_steps")
         batch = self.num_unique_prompts_rollout * self.num_samples_per_prompt_rollout
         if batch % self.num_mini_batches:
-            raise ConfigError(f"{where}.num_mini_batches: {self.num_mini_batches} does not divide the rollout "
-                              f"batch {batch} = {self.num_unique_prompts_rollout} prompts x "
-                              f"{self.num_samples_per_prompt_rollout} samples")
+            raise ConfigError(
+                f"{where}.num_mini_batches: {self.num_mini_batches} does not divide the rollout "
+                f"batch {batch} = {self.num_unique_prompts_rollout} prompts x "
+                f"{self.num_samples_per_prompt_rollout} samples"
+            )
         if (batch // self.num_mini_batches) % self.per_device_train_batch_size:
-            raise ConfigError(f"{where}.per_device_train_batch_size: {self.per_device_train_batch_size} does not "
-                              f"divide the mini-batch of {batch // self.num_mini_batches} sequences")
+            raise ConfigError(
+                f"{where}.per_device_train_batch_size: {self.per_device_train_batch_size} does not "
+                f"divide the mini-batch of {batch // self.num_mini_batches} sequences"
+            )
         self.rollout_config()  # unknown rollout keys fail here
 
     # -- derived ------------------------------------------------------------------------------------
@@ -125,17 +131,24 @@ class RLVRConfig(TrainConfig):
     def rollout_config(self):
         from .rollout import RolloutConfig
 
-        data = {"seed": self.seed, "max_model_len": self.max_prompt_length + self.response_length,
-                "dtype": "float32" if self.dtype in ("auto", "float32") and not torch.cuda.is_available()
-                else ("bfloat16" if self.dtype == "auto" else self.dtype),
-                **self.rollout, "model": self.model_name_or_path}
+        data = {
+            "seed": self.seed,
+            "max_model_len": self.max_prompt_length + self.response_length,
+            "dtype": "float32"
+            if self.dtype in ("auto", "float32") and not torch.cuda.is_available()
+            else ("bfloat16" if self.dtype == "auto" else self.dtype),
+            **self.rollout,
+            "model": self.model_name_or_path,
+        }
         return from_dict(RolloutConfig, data, "rollout")
 
     def engine_config(self) -> TrainConfig:
         """The TrainConfig the engine sees: accumulation = micro-batches per mini-batch."""
         mini = self.rollout_batch // self.num_mini_batches
         base = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        base.update(gradient_accumulation_steps=mini // self.per_device_train_batch_size, total_batch_size=None)
+        base.update(
+            gradient_accumulation_steps=mini // self.per_device_train_batch_size, total_batch_size=None
+        )
         return TrainConfig(**base)
 
 
@@ -180,11 +193,11 @@ def build_experience(prompts: list[list[int]], responses: list[list[int]], pad_i
     pos = torch.zeros((n, width), dtype=torch.long)
     for i, (p, r) in enumerate(zip(prompts, responses)):
         seq = p + r
-        ids[i, :len(seq)] = torch.tensor(seq)
-        att[i, :len(seq)] = 1
-        pos[i, :len(seq)] = torch.arange(len(seq))
+        ids[i, : len(seq)] = torch.tensor(seq)
+        att[i, : len(seq)] = 1
+        pos[i, : len(seq)] = torch.arange(len(seq))
         if r:
-            labels[i, len(p):len(seq)] = torch.tensor(r)
+            labels[i, len(p) : len(seq)] = torch.tensor(r)
     return Experience(ids, att, pos, labels)
 
 
@@ -196,7 +209,7 @@ def forward_in_chunks(fn, exp: Experience, chunk: int) -> torch.Tensor:
         idx = list(range(s, min(s + chunk, exp.input_ids.shape[0])))
         batch = exp.rows(idx)
         res = fn(batch)
-        out[idx[0]:idx[-1] + 1, :res.shape[1]] = res.float().cpu()
+        out[idx[0] : idx[-1] + 1, : res.shape[1]] = res.float().cpu()
     return out
 
 
@@ -211,22 +224,46 @@ def make_loss_fn(cfg: RLVRConfig):
         units = float(mask.sum())
         (lp, ent), values = model(batch, with_values=cfg.algorithm == "ppo", return_entropy=True)
         if cfg.algorithm == "ppo":
-            pg = L.ppo_policy_loss(lp, mb["old_logp"], mb["advantages"], mask, cfg.cliprange,
-                                   agg="token", token_normalizer=1.0)
-            vf = L.value_loss(values, mb["values"], mb["returns"], mask, cfg.cliprange_value,
-                              agg="token", token_normalizer=1.0)
+            pg = L.ppo_policy_loss(
+                lp, mb["old_logp"], mb["advantages"], mask, cfg.cliprange, agg="token", token_normalizer=1.0
+            )
+            vf = L.value_loss(
+                values,
+                mb["values"],
+                mb["returns"],
+                mask,
+                cfg.cliprange_value,
+                agg="token",
+                token_normalizer=1.0,
+            )
             total = pg.loss + cfg.vf_coef * vf.loss
-            metrics = {"policy_loss": float(pg.loss), "value_loss": float(vf.loss),
-                       "clip_fraction": float(pg.clip_fraction) * units,
-                       "value_clip_fraction": float(vf.clip_fraction) * units,
-                       "approx_kl": float(pg.approx_kl) * units}
+            metrics = {
+                "policy_loss": float(pg.loss),
+                "value_loss": float(vf.loss),
+                "clip_fraction": float(pg.clip_fraction) * units,
+                "value_clip_fraction": float(vf.clip_fraction) * units,
+                "approx_kl": float(pg.approx_kl) * units,
+            }
         else:
-            out = L.grpo_loss(lp, mb["old_logp"], mb.get("ref_logp"), mb["advantages"], mask,
-                              cfg.cliprange, cfg.beta, kl_estimator=cfg.estimator, agg="token",
-                              token_normalizer=1.0)
+            out = L.grpo_loss(
+                lp,
+                mb["old_logp"],
+                mb.get("ref_logp"),
+                mb["advantages"],
+                mask,
+                cfg.cliprange,
+                cfg.beta,
+                kl_estimator=cfg.estimator,
+                agg="token",
+                token_normalizer=1.0,
+            )
             total = out.loss
-            metrics = {"policy_loss": float(out.policy_loss), "clip_fraction": float(out.clip_fraction) * units,
-                       "approx_kl": float(out.approx_kl) * units, "kl_loss": float(out.kl)}
+            metrics = {
+                "policy_loss": float(out.policy_loss),
+                "clip_fraction": float(out.clip_fraction) * units,
+                "approx_kl": float(out.approx_kl) * units,
+                "kl_loss": float(out.kl),
+            }
         metrics["entropy"] = float(L.masked_sum(ent.detach(), mask))
         return LossOut(total=total, units=units, metrics=metrics)
 
@@ -245,27 +282,40 @@ class RLVRRun:
         self.out = Path(cfg.output_dir)
         self.engine = Engine(cfg.engine_config(), self.out, reduction="sum")
         if self.engine.world_size > 1:
-            raise ConfigError("rlvr: the learner runs in one process (DeepSpeed ZeRO within it is fine); "
-                              "scale generation with rollout.num_engines")
+            raise ConfigError(
+                "rlvr: the learner runs in one process (DeepSpeed ZeRO within it is fine); "
+                "scale generation with rollout.num_engines"
+            )
         self.tokenizer = stage.load_stage_tokenizer(cfg)
         self.data = self._load_prompts(cfg.dataset_mix)
         self.eval_data = self._load_prompts(cfg.eval_dataset_mix) if cfg.eval_dataset_mix else None
         self.rewards = self._make_rewards()
-        self.plan = BatchPlan(len(self.data.dataset), cfg.num_unique_prompts_rollout,
-                              num_epochs=math.inf, seed=cfg.seed, max_steps=cfg.num_rl_steps)
+        self.plan = BatchPlan(
+            len(self.data.dataset),
+            cfg.num_unique_prompts_rollout,
+            num_epochs=math.inf,
+            seed=cfg.seed,
+            max_steps=cfg.num_rl_steps,
+        )
         if self.plan.steps_per_epoch == 0:
-            raise ConfigError(f"{cfg.dataset_mix}: {len(self.data.dataset)} prompts, fewer than "
-                              f"num_unique_prompts_rollout={cfg.num_unique_prompts_rollout}")
+            raise ConfigError(
+                f"{cfg.dataset_mix}: {len(self.data.dataset)} prompts, fewer than "
+                f"num_unique_prompts_rollout={cfg.num_unique_prompts_rollout}"
+            )
         policy = stage.load_policy(cfg, self.tokenizer)
         self.policy = policy
         self.ref = policy.frozen_copy().model if cfg.beta > 0 else None
         value = None
         if cfg.algorithm == "ppo":
-            value = load_value_model(cfg.value_model_name_or_path or cfg.model_name_or_path, dtype=cfg.dtype,
-                                     attn_implementation=cfg.attn_implementation,
-                                     gradient_checkpointing=cfg.gradient_checkpointing,
-                                     trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
-                                     pad_token_id=self.tokenizer.pad_token_id)
+            value = load_value_model(
+                cfg.value_model_name_or_path or cfg.model_name_or_path,
+                dtype=cfg.dtype,
+                attn_implementation=cfg.attn_implementation,
+                gradient_checkpointing=cfg.gradient_checkpointing,
+                trust_remote_code=cfg.trust_remote_code,
+                allow_pickle=cfg.allow_pickle,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         self.module = ActorCritic(policy.model, value)
         opt_steps = cfg.num_rl_steps * cfg.num_epochs * cfg.num_mini_batches
         self.engine.prepare(self.module, opt_steps)
@@ -286,8 +336,11 @@ class RLVRRun:
         from reward_fns import RewardRunner, get_spec
 
         try:
-            runner = RewardRunner(timeout_s=self.cfg.reward_timeout_s, num_workers=self.cfg.reward_workers,
-                                  extra_modules=list(self.cfg.reward_modules))
+            runner = RewardRunner(
+                timeout_s=self.cfg.reward_timeout_s,
+                num_workers=self.cfg.reward_workers,
+                extra_modules=list(self.cfg.reward_modules),
+            )
         except ValueError as e:
             raise ConfigError(f"reward_modules: {e}") from None
         names = set(self.data.dataset.unique("dataset"))
@@ -298,7 +351,9 @@ class RLVRRun:
                 get_spec(name)
             except ValueError as e:
                 runner.close()
-                raise DataError(f"{self.cfg.dataset_mix}: dataset column names reward '{name}': {e}") from None
+                raise DataError(
+                    f"{self.cfg.dataset_mix}: dataset column names reward '{name}': {e}"
+                ) from None
         return runner
 
     def policy_model(self):
@@ -320,18 +375,29 @@ class RLVRRun:
 
         rows = stage.rows(self.data.dataset, range(min(self.cfg.preflight_prompts, len(self.data.dataset))))
         report = preflight_kl(
-            self.group, hf_logprob_fn(self.policy_model(), pad_id=self.tokenizer.pad_token_id),
+            self.group,
+            hf_logprob_fn(self.policy_model(), pad_id=self.tokenizer.pad_token_id),
             [r["prompt_input_ids"] for r in rows],
-            sampling={"temperature": 1.0, "max_tokens": min(32, self.cfg.response_length), "n": 1,
-                      "seed": self.cfg.seed},
-            max_kl=self.cfg.preflight_max_kl, learner_dtype=str(next(self.policy_model().parameters()).dtype))
+            sampling={
+                "temperature": 1.0,
+                "max_tokens": min(32, self.cfg.response_length),
+                "n": 1,
+                "seed": self.cfg.seed,
+            },
+            max_kl=self.cfg.preflight_max_kl,
+            learner_dtype=str(next(self.policy_model().parameters()).dtype),
+        )
         log.info("rlvr preflight: %s", report.line())
 
     # ---- one RL step -----------------------------------------------------------------------------
     def sampling(self, step: int) -> dict:
-        s = {"n": self.cfg.num_samples_per_prompt_rollout, "temperature": self.cfg.temperature,
-             "top_p": self.cfg.top_p, "max_tokens": self.cfg.response_length,
-             "seed": (self.cfg.seed * 1_000_003 + step * 7919) % (2**31)}
+        s = {
+            "n": self.cfg.num_samples_per_prompt_rollout,
+            "temperature": self.cfg.temperature,
+            "top_p": self.cfg.top_p,
+            "max_tokens": self.cfg.response_length,
+            "seed": (self.cfg.seed * 1_000_003 + step * 7919) % (2**31),
+        }
         if self.cfg.stop_strings:
             s["stop"] = list(self.cfg.stop_strings)
         return s
@@ -369,14 +435,27 @@ class RLVRRun:
         from ..model.value import token_values
 
         exp.old_logp = forward_in_chunks(lambda b: token_logprobs(policy, b), exp, chunk)
-        exp.ref_logp = (forward_in_chunks(lambda b: token_logprobs(self.ref, b), exp, chunk)
-                        if self.ref is not None else exp.old_logp.clone())
+        exp.ref_logp = (
+            forward_in_chunks(lambda b: token_logprobs(self.ref, b), exp, chunk)
+            if self.ref is not None
+            else exp.old_logp.clone()
+        )
         penalty = cfg.penalty_reward_value if cfg.non_stop_penalty else None
         if cfg.algorithm == "ppo":
-            exp.values = forward_in_chunks(lambda b: token_values(self.engine.unwrapped().value, b), exp, chunk)
-            shaped = adv.shape_rewards(scores, finished, mask, exp.old_logp, exp.ref_logp, kl_beta=cfg.beta,
-                                       verification_reward=cfg.verification_reward, non_eos_penalty=penalty,
-                                       kl_estimator=cfg.estimator)
+            exp.values = forward_in_chunks(
+                lambda b: token_values(self.engine.unwrapped().value, b), exp, chunk
+            )
+            shaped = adv.shape_rewards(
+                scores,
+                finished,
+                mask,
+                exp.old_logp,
+                exp.ref_logp,
+                kl_beta=cfg.beta,
+                verification_reward=cfg.verification_reward,
+                non_eos_penalty=penalty,
+                kl_estimator=cfg.estimator,
+            )
             advantages, exp.returns = adv.gae(shaped.rewards, exp.values * mask, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 advantages = adv.whiten(advantages, mask)
@@ -399,8 +478,8 @@ class RLVRRun:
         for epoch in range(cfg.num_epochs):
             order = np.random.default_rng([cfg.seed, step, epoch]).permutation(total)
             for m in range(cfg.num_mini_batches):
-                rows_m = order[m * mini:(m + 1) * mini]
-                micro = [exp.rows(sorted(rows_m[s:s + chunk].tolist())) for s in range(0, mini, chunk)]
+                rows_m = order[m * mini : (m + 1) * mini]
+                micro = [exp.rows(sorted(rows_m[s : s + chunk].tolist())) for s in range(0, mini, chunk)]
                 out = self.engine.step(micro, self.loss_fn)
                 updates += 1
                 for k, v in out.items():
@@ -408,22 +487,36 @@ class RLVRRun:
         train_seconds = time.perf_counter() - t_train
         train_tokens = int(exp.attention_mask.sum()) * cfg.num_epochs
 
-        metrics = {k: v / updates for k, v in sums.items()
-                   if k in ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl",
-                            "entropy", "kl_loss", "grad_norm")}
+        metrics = {
+            k: v / updates
+            for k, v in sums.items()
+            if k
+            in (
+                "policy_loss",
+                "value_loss",
+                "clip_fraction",
+                "value_clip_fraction",
+                "approx_kl",
+                "entropy",
+                "kl_loss",
+                "grad_norm",
+            )
+        }
         metrics["lr"] = sums.get("lr", 0.0) / updates
         lengths = mask.sum(-1).float()
-        metrics.update({
-            "reward_mean": float(scores.mean()),
-            "non_eos_rate": float((~finished).float().mean()),
-            "kl": float(seq_kl.mean()),
-            "response_length": float(lengths.mean()),
-            "gen_tokens_per_s": gen.tokens_per_second,
-            "gen_seconds": gen.seconds,
-            "train_tokens_per_s": train_tokens / train_seconds,
-            "reward_seconds": reward_seconds,
-            "engine_restarts": gen.restarts,
-        })
+        metrics.update(
+            {
+                "reward_mean": float(scores.mean()),
+                "non_eos_rate": float((~finished).float().mean()),
+                "kl": float(seq_kl.mean()),
+                "response_length": float(lengths.mean()),
+                "gen_tokens_per_s": gen.tokens_per_second,
+                "gen_seconds": gen.seconds,
+                "train_tokens_per_s": train_tokens / train_seconds,
+                "reward_seconds": reward_seconds,
+                "engine_restarts": gen.restarts,
+            }
+        )
         if cfg.algorithm == "ppo":
             metrics["explained_variance"] = float(L.explained_variance(exp.values, exp.returns, mask))
         metrics.update(scored.metrics("reward"))
@@ -435,10 +528,17 @@ class RLVRRun:
 
         rows = stage.rows(self.eval_data.dataset, range(len(self.eval_data.dataset)))
         if self.cfg.eval_limit:
-            rows = rows[:self.cfg.eval_limit]
-        res = evaluate_rows(self.group, self.tokenizer, rows, self.rewards, samples=1,
-                            temperature=self.cfg.eval_temperature, max_tokens=self.cfg.response_length,
-                            seed=self.cfg.seed)
+            rows = rows[: self.cfg.eval_limit]
+        res = evaluate_rows(
+            self.group,
+            self.tokenizer,
+            rows,
+            self.rewards,
+            samples=1,
+            temperature=self.cfg.eval_temperature,
+            max_tokens=self.cfg.response_length,
+            seed=self.cfg.seed,
+        )
         return {f"eval/{k}": v for k, v in res.summary().items() if isinstance(v, (int, float))}
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -448,14 +548,23 @@ class RLVRRun:
         state = engine.resume()
         start = state["step"] if state else 0
         if state and state.get("data_hash") != self.data.data_hash:
-            raise ConfigError(f"{self.out}: the checkpoint was trained on different prompts; use a new output_dir")
+            raise ConfigError(
+                f"{self.out}: the checkpoint was trained on different prompts; use a new output_dir"
+            )
         self.start_engines()
         if start:
             self.sync()  # the resumed weights differ from the checkpoint the engines loaded
         self.preflight()
-        tracker = Tracker(self.out, total_steps=self.plan.num_steps, start_step=start, desc=f"rlvr-{cfg.algorithm}",
-                          wandb_project=cfg.wandb_project, wandb_run_name=cfg.wandb_run_name, config=to_dict(cfg),
-                          bar_keys=("reward_mean", "kl", "response_length", "gen_tokens_per_s"))
+        tracker = Tracker(
+            self.out,
+            total_steps=self.plan.num_steps,
+            start_step=start,
+            desc=f"rlvr-{cfg.algorithm}",
+            wandb_project=cfg.wandb_project,
+            wandb_run_name=cfg.wandb_run_name,
+            config=to_dict(cfg),
+            bar_keys=("reward_mean", "kl", "response_length", "gen_tokens_per_s"),
+        )
         evals = {}
         if self.eval_data is not None and start == 0:
             evals["before"] = self.evaluate()
@@ -483,13 +592,18 @@ class RLVRRun:
                 metrics["weight_sync_s"] = self.sync()
                 metrics["episodes"] = (step + 1) * cfg.rollout_batch
                 last = step + 1 == self.plan.num_steps
-                if self.eval_data is not None and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
+                if self.eval_data is not None and (
+                    last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)
+                ):
                     metrics.update(self.evaluate())
                     if last:
                         evals["after"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
                 tracker.log(step + 1, metrics)
-                if cfg.checkpointing_steps and (step + 1) % cfg.checkpointing_steps == 0 \
-                        and step + 1 < self.plan.num_steps:
+                if (
+                    cfg.checkpointing_steps
+                    and (step + 1) % cfg.checkpointing_steps == 0
+                    and step + 1 < self.plan.num_steps
+                ):
                     engine.save_checkpoint(step + 1, {"data_hash": self.data.data_hash})
         finally:
             tracker.close()
@@ -509,14 +623,21 @@ class RLVRRun:
         if model.value is not None:
             save_value_model(model.value, self.tokenizer, out / "value_model")
         digest = ckpt.publish_model(tmp, out)
-        plot_metrics(out / "metrics.jsonl", out / "rlvr_curves.png", [
-            ("verifiable reward", ["reward_mean", "eval/reward_mean"]),
-            ("KL to reference", ["kl"]),
-            ("response length", ["response_length"]),
-            ("losses", ["policy_loss", "value_loss"]),
-        ], title=f"rlvr ({self.cfg.algorithm}): {out}")
+        plot_metrics(
+            out / "metrics.jsonl",
+            out / "rlvr_curves.png",
+            [
+                ("verifiable reward", ["reward_mean", "eval/reward_mean"]),
+                ("KL to reference", ["kl"]),
+                ("response length", ["response_length"]),
+                ("losses", ["policy_loss", "value_loss"]),
+            ],
+            title=f"rlvr ({self.cfg.algorithm}): {out}",
+        )
         (out / "eval.json").write_text(json.dumps(evals, indent=1))
-        (out / "train_summary.json").write_text(json.dumps({"stage": "rlvr", "model_digest": digest}, indent=1))
+        (out / "train_summary.json").write_text(
+            json.dumps({"stage": "rlvr", "model_digest": digest}, indent=1)
+        )
         return digest
 
     def close(self) -> None:

@@ -210,8 +210,11 @@ def model_digest(name_or_path: str) -> str:
         published = verify_model(path)
         if published:
             return published
-        files = {p.name: {"checksum": file_checksum(p)[0]} for p in sorted(path.iterdir())
-                 if p.is_file() and p.name.endswith((".safetensors", ".bin", "config.json"))}
+        files = {
+            p.name: {"checksum": file_checksum(p)[0]}
+            for p in sorted(path.iterdir())
+            if p.is_file() and p.name.endswith((".safetensors", ".bin", "config.json"))
+        }
         return _digest_of(files) if files else "empty"
     try:
         from huggingface_hub import snapshot_download

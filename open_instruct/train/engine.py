@@ -101,7 +101,9 @@ class TrainConfig:
         if self.chat_template not in (None, "tulu", "olmo"):
             raise ConfigError(f"{where}.chat_template: {self.chat_template!r} is not one of tulu, olmo, null")
         if self.deepspeed and self.deepspeed not in ("zero2", "zero3") and not Path(self.deepspeed).is_file():
-            raise ConfigError(f"{where}.deepspeed: {self.deepspeed!r} is neither zero2, zero3 nor an existing file")
+            raise ConfigError(
+                f"{where}.deepspeed: {self.deepspeed!r} is neither zero2, zero3 nor an existing file"
+            )
         self.accumulation_steps(world_size=1, where=where) if self.total_batch_size else None
 
     def accumulation_steps(self, world_size: int, where: str = "config") -> int:
@@ -112,13 +114,15 @@ class TrainConfig:
         if self.total_batch_size % per_step:
             raise ConfigError(
                 f"{where}.total_batch_size: {self.total_batch_size} is not divisible by "
-                f"per_device_train_batch_size ({self.per_device_train_batch_size}) x processes ({world_size})")
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) x processes ({world_size})"
+            )
         accum = self.total_batch_size // per_step
         if self.gradient_accumulation_steps not in (None, accum):
             raise ConfigError(
                 f"{where}.gradient_accumulation_steps: {self.gradient_accumulation_steps} contradicts "
                 f"total_batch_size {self.total_batch_size} = {self.per_device_train_batch_size} x "
-                f"{world_size} processes x {accum}")
+                f"{world_size} processes x {accum}"
+            )
         return accum
 
 
@@ -148,13 +152,13 @@ class BatchPlan:
     def indices(self, step: int) -> np.ndarray:
         epoch, k = divmod(step, self.steps_per_epoch)
         perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-        return perm[k * self.effective_batch:(k + 1) * self.effective_batch]
+        return perm[k * self.effective_batch : (k + 1) * self.effective_batch]
 
     def shard(self, step: int, process_index: int, world_size: int, accumulation: int) -> list[np.ndarray]:
         """This process's micro-batches (lists of example indices) for `step`."""
         idx = self.indices(step)
         per_proc = len(idx) // world_size
-        mine = idx[process_index * per_proc:(process_index + 1) * per_proc]
+        mine = idx[process_index * per_proc : (process_index + 1) * per_proc]
         return np.array_split(mine, accumulation)
 
 
@@ -175,8 +179,12 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         if p.requires_grad:
             (plain if no_decay(name, p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
-                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+    )
 
 
 def lr_lambda(kind: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -194,8 +202,9 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int) -> Callable[[int],
     return f
 
 
-def _deepspeed_config(name: str, micro_batch: int, accumulation: int, max_grad_norm: float,
-                      bf16: bool) -> dict:
+def _deepspeed_config(
+    name: str, micro_batch: int, accumulation: int, max_grad_norm: float, bf16: bool
+) -> dict:
     path = DS_CONFIG_DIR / f"{name}.json" if name in ("zero2", "zero3") else Path(name)
     cfg = json.loads(path.read_text())
     cfg["train_micro_batch_size_per_gpu"] = micro_batch
@@ -206,8 +215,9 @@ def _deepspeed_config(name: str, micro_batch: int, accumulation: int, max_grad_n
     return cfg
 
 
-def make_accelerator(deepspeed: str | None, accumulation: int, micro_batch: int, max_grad_norm: float,
-                     bf16: bool):
+def make_accelerator(
+    deepspeed: str | None, accumulation: int, micro_batch: int, max_grad_norm: float, bf16: bool
+):
     """An Accelerator that does the right thing on CPU (gloo) and GPU (NCCL), with or without DeepSpeed."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DeepSpeedPlugin
@@ -221,15 +231,17 @@ def make_accelerator(deepspeed: str | None, accumulation: int, micro_batch: int,
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # accelerate reads it when building its state
         if on_cpu and distributed:
             PartialState(backend="gloo")
-        plugin = DeepSpeedPlugin(hf_ds_config=_deepspeed_config(deepspeed, micro_batch, accumulation,
-                                                                max_grad_norm, bf16))
+        plugin = DeepSpeedPlugin(
+            hf_ds_config=_deepspeed_config(deepspeed, micro_batch, accumulation, max_grad_norm, bf16)
+        )
         return Accelerator(gradient_accumulation_steps=accumulation, deepspeed_plugin=plugin)
     if on_cpu:
         # Without cpu=True every CPU rank silently trains alone.
         if distributed:
             PartialState(backend="gloo", cpu=True)
-    return Accelerator(cpu=on_cpu, gradient_accumulation_steps=accumulation,
-                       mixed_precision="bf16" if bf16 else "no")
+    return Accelerator(
+        cpu=on_cpu, gradient_accumulation_steps=accumulation, mixed_precision="bf16" if bf16 else "no"
+    )
 
 
 class Engine:
@@ -242,9 +254,12 @@ class Engine:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.accumulation = cfg.accumulation_steps(world)
         # bf16 autocast only where it is fast; weights keep the dtype they were loaded in
-        self.bf16 = cfg.dtype in ("auto", "bfloat16") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        self.accelerator = make_accelerator(cfg.deepspeed, self.accumulation, cfg.per_device_train_batch_size,
-                                            cfg.max_grad_norm, self.bf16)
+        self.bf16 = (
+            cfg.dtype in ("auto", "bfloat16") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        )
+        self.accelerator = make_accelerator(
+            cfg.deepspeed, self.accumulation, cfg.per_device_train_batch_size, cfg.max_grad_norm, self.bf16
+        )
         from accelerate.utils import set_seed
 
         set_seed(cfg.seed)
@@ -282,7 +297,8 @@ class Engine:
         # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it
         # once per process), and checkpointed through register_for_checkpointing.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(self.cfg.lr_scheduler_type, warmup, num_training_steps))
+            optimizer, lr_lambda(self.cfg.lr_scheduler_type, warmup, num_training_steps)
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.accelerator.register_for_checkpointing(self.scheduler)
         return self.model
@@ -314,8 +330,9 @@ class Engine:
                 loss = out.total * scale if scale is not None else out.total / max(out.units, 1.0)
                 acc.backward(loss)
                 units_seen += out.units
-                tokens_seen += int(mb["input_ids"].numel() if "attention_mask" not in mb
-                                   else mb["attention_mask"].sum())
+                tokens_seen += int(
+                    mb["input_ids"].numel() if "attention_mask" not in mb else mb["attention_mask"].sum()
+                )
                 sums["loss"] = sums.get("loss", 0.0) + out.total.detach().float().item()
                 for k, v in out.metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)

@@ -1,7 +1,7 @@
 """SFT stage: token cross-entropy on assistant turns, `sum` (Tülu 3) or `mean` loss reduction.
 
-    open-instruct sft --config sft.yaml [--set key=value ...]
-    accelerate launch --num_processes 2 -m open_instruct.cli sft --config sft.yaml
+open-instruct sft --config sft.yaml [--set key=value ...]
+accelerate launch --num_processes 2 -m open_instruct.cli sft --config sft.yaml
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..model.policy import Policy
 from . import stage
 from .engine import Engine, LossOut, TrainConfig
 
@@ -51,10 +50,16 @@ def run_sft(cfg: SFTConfig) -> Path:
     def micro_batch(indices):
         return stage.collate(cfg, tokenizer, stage.rows(data.dataset, indices))
 
-    stage.train_loop(cfg, engine, plan, micro_batch, sft_loss, desc="sft",
-                     extra_state={"data_hash": data.data_hash})
-    stage.finish(cfg, engine, policy, panels=[("loss", ["loss"]), ("learning rate", ["lr"]),
-                                             ("grad norm", ["grad_norm"])], name="sft")
+    stage.train_loop(
+        cfg, engine, plan, micro_batch, sft_loss, desc="sft", extra_state={"data_hash": data.data_hash}
+    )
+    stage.finish(
+        cfg,
+        engine,
+        policy,
+        panels=[("loss", ["loss"]), ("learning rate", ["lr"]), ("grad norm", ["grad_norm"])],
+        name="sft",
+    )
     return out
 
 

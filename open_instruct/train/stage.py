@@ -23,9 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def load_stage_tokenizer(cfg: TrainConfig):
-    return load_tokenizer(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
-                          chat_template=cfg.chat_template, add_bos=cfg.add_bos,
-                          trust_remote_code=cfg.trust_remote_code)
+    return load_tokenizer(
+        cfg.tokenizer_name_or_path or cfg.model_name_or_path,
+        chat_template=cfg.chat_template,
+        add_bos=cfg.add_bos,
+        trust_remote_code=cfg.trust_remote_code,
+    )
 
 
 def load_tokenized(cfg: TrainConfig, tokenizer, kind: str, **settings):
@@ -35,7 +38,9 @@ def load_tokenized(cfg: TrainConfig, tokenizer, kind: str, **settings):
 
     mix = load_mix(cfg.dataset_mix, kind=kind)
     workers = cfg.preprocessing_num_workers if cfg.preprocessing_num_workers > 1 else None
-    return tokenize_data(mix, tokenizer, kind, max_seq_length=cfg.max_seq_length, num_proc=workers, **settings)
+    return tokenize_data(
+        mix, tokenizer, kind, max_seq_length=cfg.max_seq_length, num_proc=workers, **settings
+    )
 
 
 def rows(dataset, indices) -> list[dict]:
@@ -46,22 +51,31 @@ def rows(dataset, indices) -> list[dict]:
 
 
 def make_plan(cfg: TrainConfig, engine: Engine, num_examples: int) -> BatchPlan:
-    plan = BatchPlan(num_examples, engine.effective_batch, cfg.num_train_epochs, cfg.seed, cfg.max_train_steps)
+    plan = BatchPlan(
+        num_examples, engine.effective_batch, cfg.num_train_epochs, cfg.seed, cfg.max_train_steps
+    )
     if plan.steps_per_epoch == 0:
         raise ConfigError(
             f"{cfg.dataset_mix}: {num_examples} usable examples, fewer than one effective batch "
             f"({engine.effective_batch} = {cfg.per_device_train_batch_size} per device x "
-            f"{engine.accumulation} accumulation x {engine.world_size} processes)")
+            f"{engine.accumulation} accumulation x {engine.world_size} processes)"
+        )
     return plan
 
 
 def load_policy(cfg: TrainConfig, tokenizer, trainable: bool = True) -> Policy:
     lora = LoraSettings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout) if cfg.use_lora else None
-    return Policy.load(cfg.model_name_or_path, tokenizer=tokenizer, dtype=cfg.dtype,
-                       attn_implementation=cfg.attn_implementation,
-                       gradient_checkpointing=cfg.gradient_checkpointing, lora=lora,
-                       trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
-                       trainable=trainable)
+    return Policy.load(
+        cfg.model_name_or_path,
+        tokenizer=tokenizer,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        lora=lora,
+        trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
+        trainable=trainable,
+    )
 
 
 def collate(cfg: TrainConfig, tokenizer, examples: list[dict]) -> dict:
@@ -92,9 +106,16 @@ def write_resolved_config(cfg, out: Path) -> None:
     tmp.replace(out / "resolved_config.yaml")
 
 
-def train_loop(cfg: TrainConfig, engine: Engine, plan: BatchPlan, micro_batch: Callable,
-               loss_fn: Callable[..., LossOut], desc: str, extra_state: dict | None = None,
-               on_step: Callable[[int, dict], None] | None = None) -> int:
+def train_loop(
+    cfg: TrainConfig,
+    engine: Engine,
+    plan: BatchPlan,
+    micro_batch: Callable,
+    loss_fn: Callable[..., LossOut],
+    desc: str,
+    extra_state: dict | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> int:
     """Steps from the last complete checkpoint (or 0) to `plan.num_steps`; returns the last step."""
     out = Path(cfg.output_dir)
     if engine.is_main:
@@ -102,10 +123,20 @@ def train_loop(cfg: TrainConfig, engine: Engine, plan: BatchPlan, micro_batch: C
     state = engine.resume()
     start = state["step"] if state else 0
     if state and extra_state and state.get("data_hash") not in (None, extra_state.get("data_hash")):
-        raise ConfigError(f"{out}: the checkpoint was trained on different data "
-                          f"(hash {state['data_hash']} != {extra_state['data_hash']}); use a new output_dir")
-    tracker = Tracker(out, total_steps=plan.num_steps, start_step=start, desc=desc, enabled=engine.is_main,
-                      wandb_project=cfg.wandb_project, wandb_run_name=cfg.wandb_run_name, config=to_dict(cfg))
+        raise ConfigError(
+            f"{out}: the checkpoint was trained on different data "
+            f"(hash {state['data_hash']} != {extra_state['data_hash']}); use a new output_dir"
+        )
+    tracker = Tracker(
+        out,
+        total_steps=plan.num_steps,
+        start_step=start,
+        desc=desc,
+        enabled=engine.is_main,
+        wandb_project=cfg.wandb_project,
+        wandb_run_name=cfg.wandb_run_name,
+        config=to_dict(cfg),
+    )
     if start and engine.is_main:
         log.info("%s: resuming at step %d/%d", desc, start, plan.num_steps)
     t_start = time.time()
@@ -117,7 +148,11 @@ def train_loop(cfg: TrainConfig, engine: Engine, plan: BatchPlan, micro_batch: C
             on_step(step + 1, metrics)
         if (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == plan.num_steps:
             tracker.log(step + 1, metrics)
-        if cfg.checkpointing_steps and (step + 1) % cfg.checkpointing_steps == 0 and step + 1 < plan.num_steps:
+        if (
+            cfg.checkpointing_steps
+            and (step + 1) % cfg.checkpointing_steps == 0
+            and step + 1 < plan.num_steps
+        ):
             engine.save_checkpoint(step + 1, extra_state)
     tracker.close()
     if engine.is_main:

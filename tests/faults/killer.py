@@ -19,8 +19,13 @@ def launch(args: list[str], log_path: Path) -> subprocess.Popen:
     env = dict(os.environ, OPEN_INSTRUCT_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
     log = open(log_path, "ab")
     # its own session, so the kill takes its children (vLLM engine processes, workers) too
-    return subprocess.Popen([sys.executable, "-m", "open_instruct.cli", *args], stdout=log, stderr=log,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "open_instruct.cli", *args],
+        stdout=log,
+        stderr=log,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -44,9 +49,17 @@ def steps_logged(out: Path) -> int:
     return n
 
 
-def run_and_kill(args: list[str], out: Path, log_path: Path, *, at_step: int | None = None,
-                 during: str | None = None, jitter_s: float = 0.0, timeout_s: float = 300.0,
-                 rng: random.Random | None = None) -> str:
+def run_and_kill(
+    args: list[str],
+    out: Path,
+    log_path: Path,
+    *,
+    at_step: int | None = None,
+    during: str | None = None,
+    jitter_s: float = 0.0,
+    timeout_s: float = 300.0,
+    rng: random.Random | None = None,
+) -> str:
     """Starts the command and kills it when `at_step` steps are logged (+ a random jitter), or the
     moment a `during` glob (e.g. 'checkpoints/.tmp-step_*') appears under `out`. Returns what
     happened: 'killed' or 'finished' (it ended before the kill point)."""
@@ -84,7 +97,7 @@ def run_to_end(args: list[str], log_path: Path, timeout_s: float = 600.0) -> Non
 def assert_nothing_partial(out: Path) -> int:
     """Every sealed checkpoint and any published model verify; returns how many checkpoints."""
     steps = ckpt.list_steps(out / "checkpoints")
-    for step, path in steps:
+    for _step, path in steps:
         problem = ckpt.verify(path)
         assert problem is None, f"sealed checkpoint {path} is broken after a kill: {problem}"
     if (out / ckpt.MODEL_MANIFEST).exists():

@@ -14,17 +14,35 @@ pytestmark = pytest.mark.slow
 
 
 STAGES = {
-    "sft": dict(dataset_mix="data_mixes/tiny_sft.yaml", per_device_train_batch_size=16, learning_rate=3e-3,
-                packing=True),
-    "dpo": dict(dataset_mix="data_mixes/tiny_preference.yaml", per_device_train_batch_size=8, total_batch_size=8,
-                learning_rate=2e-4, loss_type="dpo", beta=0.1),
+    "sft": dict(
+        dataset_mix="data_mixes/tiny_sft.yaml",
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        packing=True,
+    ),
+    "dpo": dict(
+        dataset_mix="data_mixes/tiny_preference.yaml",
+        per_device_train_batch_size=8,
+        total_batch_size=8,
+        learning_rate=2e-4,
+        loss_type="dpo",
+        beta=0.1,
+    ),
 }
 
 
 def _config(tmp_path, model_dir, stage, name):
-    cfg = dict(model_name_or_path=str(model_dir), output_dir=str(tmp_path / name), max_train_steps=14,
-               checkpointing_steps=2, keep_last_checkpoints=2, max_seq_length=128, warmup_ratio=0.1, seed=5,
-               **STAGES[stage])
+    cfg = dict(
+        model_name_or_path=str(model_dir),
+        output_dir=str(tmp_path / name),
+        max_train_steps=14,
+        checkpointing_steps=2,
+        keep_last_checkpoints=2,
+        max_seq_length=128,
+        warmup_ratio=0.1,
+        seed=5,
+        **STAGES[stage],
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return [stage, "--config", str(path)], tmp_path / name

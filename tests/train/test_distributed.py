@@ -14,9 +14,17 @@ pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path, tiny_model_dir, name, **kw):
-    cfg = dict(model_name_or_path=str(tiny_model_dir), dataset_mix="data_mixes/tiny_sft.yaml",
-               output_dir=str(tmp_path / name), per_device_train_batch_size=8, learning_rate=3e-3,
-               max_train_steps=4, max_seq_length=128, warmup_ratio=0.0, seed=1)
+    cfg = dict(
+        model_name_or_path=str(tiny_model_dir),
+        dataset_mix="data_mixes/tiny_sft.yaml",
+        output_dir=str(tmp_path / name),
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        max_train_steps=4,
+        max_seq_length=128,
+        warmup_ratio=0.0,
+        seed=1,
+    )
     cfg.update(kw)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -29,8 +37,20 @@ def _launch(config, nproc):
     if nproc == 1:
         cmd = [sys.executable, "-m", "open_instruct.cli", "sft", "--config", str(config)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", "29533", "-m", "open_instruct.cli", "sft", "--config", str(config)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            "29533",
+            "-m",
+            "open_instruct.cli",
+            "sft",
+            "--config",
+            str(config),
+        ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -53,8 +73,17 @@ def test_ddp_two_processes_match_one_process(tiny_model_dir, tmp_path):
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "ddp"), rel=1e-5)
 
     # ZeRO-3 over the same two processes: trains, checkpoints, and publishes a loadable model
-    _launch(_config(tmp_path, tiny_model_dir, "zero3", gradient_accumulation_steps=1, deepspeed="zero3",
-                    checkpointing_steps=2), 2)
+    _launch(
+        _config(
+            tmp_path,
+            tiny_model_dir,
+            "zero3",
+            gradient_accumulation_steps=1,
+            deepspeed="zero3",
+            checkpointing_steps=2,
+        ),
+        2,
+    )
     z3 = tmp_path / "zero3"
     assert (z3 / "checkpoints" / "step_2" / "pytorch_model").is_dir(), "not a DeepSpeed checkpoint"
     from transformers import AutoModelForCausalLM

@@ -23,10 +23,16 @@ def _batch(seqs, trained):
         ids[i, : len(s)] = torch.tensor(s)
         att[i, : len(s)] = 1
         pos[i, : len(s)] = torch.arange(len(s))
-        labels[i, len(s) - n: len(s)] = torch.tensor(s[len(s) - n:])
+        labels[i, len(s) - n : len(s)] = torch.tensor(s[len(s) - n :])
         seq_index[i, : len(s)] = i
-    return {"input_ids": ids, "labels": labels, "attention_mask": att, "position_ids": pos,
-            "seq_index": seq_index, "num_sequences": B}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": att,
+        "position_ids": pos,
+        "seq_index": seq_index,
+        "num_sequences": B,
+    }
 
 
 MICRO = [
@@ -38,8 +44,15 @@ MICRO = [
 def _grads_after_step(tiny_model_dir, tmp_path, reduction):
     from transformers import AutoModelForCausalLM
 
-    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), dataset_mix="unused", output_dir=str(tmp_path),
-                      gradient_accumulation_steps=2, max_grad_norm=0.0, learning_rate=1e-3, warmup_ratio=0.0)
+    cfg = TrainConfig(
+        model_name_or_path=str(tiny_model_dir),
+        dataset_mix="unused",
+        output_dir=str(tmp_path),
+        gradient_accumulation_steps=2,
+        max_grad_norm=0.0,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+    )
     engine = Engine(cfg, tmp_path, reduction=reduction)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     reference = copy.deepcopy(model)
@@ -48,7 +61,9 @@ def _grads_after_step(tiny_model_dir, tmp_path, reduction):
     original = engine.optimizer.step
 
     def spy(*a, **k):
-        captured.update({n: p.grad.clone() for n, p in engine.unwrapped().named_parameters() if p.grad is not None})
+        captured.update(
+            {n: p.grad.clone() for n, p in engine.unwrapped().named_parameters() if p.grad is not None}
+        )
         return original(*a, **k)
 
     engine.optimizer.step = spy

@@ -13,9 +13,18 @@ from open_instruct.train.sft import SFTConfig, run_sft
 
 
 def _cfg(tiny_model_dir, out, **kw):
-    base = dict(model_name_or_path=str(tiny_model_dir), dataset_mix="data_mixes/tiny_sft.yaml",
-                output_dir=str(out), per_device_train_batch_size=16, gradient_accumulation_steps=2,
-                learning_rate=3e-3, warmup_ratio=0.1, max_train_steps=12, max_seq_length=128, seed=7)
+    base = dict(
+        model_name_or_path=str(tiny_model_dir),
+        dataset_mix="data_mixes/tiny_sft.yaml",
+        output_dir=str(out),
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=2,
+        learning_rate=3e-3,
+        warmup_ratio=0.1,
+        max_train_steps=12,
+        max_seq_length=128,
+        seed=7,
+    )
     base.update(kw)
     return load_config(SFTConfig, None, [f"{k}={v}" for k, v in base.items()])
 
@@ -30,8 +39,14 @@ def test_loss_falls_and_outputs_are_complete(tiny_model_dir, tmp_path):
     losses = _losses(out)
     assert len(losses) == 25
     assert losses[-1] < 0.6 * losses[0], f"loss did not fall enough: {losses[0]:.3f} -> {losses[-1]:.3f}"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "model_manifest.json",
-                 "sft_curves.png", "resolved_config.yaml"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "model_manifest.json",
+        "sft_curves.png",
+        "resolved_config.yaml",
+    ):
         assert (out / name).exists(), name
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -88,15 +103,23 @@ def test_rerun_of_a_finished_run_does_nothing(tiny_model_dir, tmp_path, monkeypa
         run_sft(_cfg(tiny_model_dir, out, max_train_steps=3))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("learning_rat=1e-5", "unknown key 'learning_rat' (did you mean 'learning_rate'?)"),
-    ("per_device_train_batch_size=two", "per_device_train_batch_size: expected an integer"),
-    ("loss_reduction=avg", "loss_reduction: 'avg' is not one of 'sum', 'mean'"),
-    ("total_batch_size=10", "total_batch_size: 10 is not divisible"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("learning_rat=1e-5", "unknown key 'learning_rat' (did you mean 'learning_rate'?)"),
+        ("per_device_train_batch_size=two", "per_device_train_batch_size: expected an integer"),
+        ("loss_reduction=avg", "loss_reduction: 'avg' is not one of 'sum', 'mean'"),
+        ("total_batch_size=10", "total_batch_size: 10 is not divisible"),
+    ],
+)
 def test_bad_config_names_the_key(tiny_model_dir, tmp_path, override, message):
-    args = [f"model_name_or_path={tiny_model_dir}", "dataset_mix=x.yaml", f"output_dir={tmp_path}",
-            "per_device_train_batch_size=4", override]
+    args = [
+        f"model_name_or_path={tiny_model_dir}",
+        "dataset_mix=x.yaml",
+        f"output_dir={tmp_path}",
+        "per_device_train_batch_size=4",
+        override,
+    ]
     with pytest.raises(ConfigError) as e:
         load_config(SFTConfig, None, args)
     assert message in str(e.value)
