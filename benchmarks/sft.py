@@ -91,7 +91,7 @@ def _trl(model_dir: str, steps: int, rows_per_step: int, out: str) -> dict:
         max_length=ROW_TOKENS,
         learning_rate=1e-3,
         lr_scheduler_type="linear",
-        warmup_ratio=0.0,
+        warmup_steps=0,
         use_cpu=True,
         bf16=False,
         report_to="none",
