@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _common import print_table  # noqa: E402
+
 WARMUP = 2
 BETA = 0.1
 LR = 1e-4
@@ -301,16 +304,6 @@ def run(
         }
     )
     return rows
-
-
-def print_table(rows: list[dict]) -> None:
-    print("| stage | metric | this toolkit | TRL | ratio | target |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['stage']} | {r['metric']} | {r['value']:.1f} {r['unit']} | {r['baseline']:.1f} {r['unit']} "
-            f"| {r['ratio']:.2f}x | {r['target']} |"
-        )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _common import print_table  # noqa: E402
+
 ROW_TOKENS = 256  # packed row length for both trainers
 WARMUP = 3
 
@@ -195,16 +198,6 @@ def run(steps: int = 30, hidden: int = 256, layers: int = 4, rows_per_step: int 
             "target": "~1 (same work per step)",
         },
     ]
-
-
-def print_table(rows: list[dict]) -> None:
-    print("| stage | metric | this toolkit | TRL | ratio | target |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['stage']} | {r['metric']} | {r['value']:.1f} {r['unit']} | {r['baseline']:.1f} {r['unit']} "
-            f"| {r['ratio']:.2f}x | {r['target']} |"
-        )
 
 
 if __name__ == "__main__":

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="RLVR-format data mix YAML or file")
     p.add_argument("--samples", type=int, default=1, help="samples per prompt (pass@k when > 1)")
     p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=2048,
+        help="longer prompts are dropped (capped to fit the model's context)",
+    )
     p.add_argument("--temperature", type=float, default=None, help="default: 0 for 1 sample, 1.0 otherwise")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     p.add_argument("--reward-module", action="append", default=[], help="user reward spec file.py:fn")

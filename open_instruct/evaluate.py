@@ -116,6 +116,7 @@ def evaluate_model(
     from .rl.rollout import RolloutConfig, RolloutGroup
     from .train.stage import rows as take_rows
 
+    max_prompt_length = fit_context(model, max_prompt_length, max_tokens)
     for spec in reward_modules or []:
         load_user_rewards(spec)
     tokenizer = load_tokenizer(model)
@@ -155,6 +156,32 @@ def evaluate_model(
         runner.close()
 
 
+def fit_context(model: str, max_prompt_length: int, max_tokens: int) -> int:
+    """The prompt budget that fits the model's context next to `max_tokens` of response (prompts
+    longer than it are dropped and counted by tokenisation); a one-line error when nothing fits or
+    the model is not there."""
+    from transformers import AutoConfig
+
+    from .errors import ConfigError
+
+    p = Path(model).expanduser()
+    if not p.is_dir() and (p.is_absolute() or model.startswith(".") or model.count("/") != 1):
+        raise ConfigError(f"eval --model: {model} is neither a local model dir nor a hub id (org/name)")
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"eval --model: cannot read {model}: {' '.join(str(e).split())[:200]}") from e
+    context = getattr(config, "max_position_embeddings", None)
+    if not context or max_prompt_length + max_tokens <= context:
+        return max_prompt_length
+    if max_tokens >= context:
+        raise ConfigError(
+            f"eval --max-tokens: {max_tokens} leaves no room for a prompt in {model}'s {context}-token context"
+        )
+    log.info("eval: prompts capped at %d tokens (%d-token context)", context - max_tokens, context)
+    return context - max_tokens
+
+
 def format_summary(summary: dict) -> str:
     width = max(len(k) for k in summary)
     return "\n".join(
@@ -172,6 +199,7 @@ def eval_command(args) -> int:
         max_tokens=args.max_tokens,
         limit=args.limit,
         reward_modules=args.reward_module,
+        max_prompt_length=args.max_prompt_length,
     )
     summary = res.summary()
     print(f"eval of {args.model} on {args.data}:")

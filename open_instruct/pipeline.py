@@ -466,6 +466,9 @@ def load_plan(
             elif isinstance(value, str):
                 data[key] = resolve_path(value, recipe_dir, f"{sw}.{key}")
             mixes[role] = data[key]
+        pairs = data.get("policy_pairs")
+        if typ == "dpo" and isinstance(pairs, dict):
+            _resolve_pair_prompts(pairs, mixes, name, mix_dir, recipe_dir, f"{sw}.policy_pairs")
         if isinstance(data.get("deepspeed"), str) and data["deepspeed"] not in ("zero2", "zero3"):
             data["deepspeed"] = resolve_path(
                 data["deepspeed"], recipe_dir, f"{sw}.deepspeed", "DeepSpeed config"
@@ -527,6 +530,42 @@ def load_plan(
         raw=raw,
         eval_label=eval_label,
     )
+
+
+def _resolve_pair_prompts(
+    pairs: dict, mixes: dict, name: str, mix_dir: Path, recipe_dir: Path, where: str
+) -> None:
+    """DPO `policy_pairs`: its prompt mixes (RLVR rows) resolved like any data path and registered as
+    the stage's `pair_prompts` / `pair_eval_prompts` data; its user verifiers resolved like RLVR's."""
+    for key, role in (("prompts", "pair_prompts"), ("eval_prompts", "pair_eval_prompts")):
+        value = pairs.get(key)
+        if value in (None, ""):
+            continue
+        if isinstance(value, dict):
+            pairs[key] = _materialise_inline_mix(
+                value, mix_dir / f"{name}_{role}.yaml", recipe_dir, f"{where}.{key}"
+            )
+        elif isinstance(value, str):
+            pairs[key] = resolve_path(value, recipe_dir, f"{where}.{key}")
+        mixes[role] = pairs[key]
+    if isinstance(pairs.get("reward_modules"), list):
+        pairs["reward_modules"] = [
+            _resolve_reward_spec(s, recipe_dir, f"{where}.reward_modules[{j}]")
+            for j, s in enumerate(pairs["reward_modules"])
+        ]
+
+
+def role_kind(stage_type: str, role: str) -> str:
+    """The data kind of one of a stage's mixes: DPO's pair prompts are RLVR rows."""
+    return "rlvr" if role.startswith("pair_") else STAGE_KIND[stage_type]
+
+
+def stage_reward_modules(sp: StagePlan) -> list[str]:
+    if sp.type == "rlvr":
+        return list(sp.cfg.reward_modules)
+    if sp.type == "dpo":
+        return list(sp.cfg.policy_pairs.reward_modules)
+    return []
 
 
 def _resolve_reward_spec(spec: str, recipe_dir: Path, where: str) -> str:
@@ -680,19 +719,25 @@ def _check_rewards(names: set[str], modules: list[str], where: str, mix: str) ->
 
 
 def _check_stage_data(sp: StagePlan, recipe_eval_mix: str | None) -> None:
-    kind = STAGE_KIND[sp.type]
     cfg = sp.cfg
     for role, mix in sp.mixes.items():
-        mkind = "preference" if sp.type == "dpo" else ("rlvr" if sp.type == "rlvr" else "sft")
-        chk = check_mix(
-            mix, mkind, f"{sp.where}.{'dataset_mix' if role == 'train' else role + '_dataset_mix'}"
-        )
+        mkind = role_kind(sp.type, role)
+        field_name = {
+            "train": "dataset_mix",
+            "pair_prompts": "policy_pairs.prompts",
+            "pair_eval_prompts": "policy_pairs.eval_prompts",
+        }.get(role, f"{role}_dataset_mix")
+        chk = check_mix(mix, mkind, f"{sp.where}.{field_name}")
         sp.rows[role] = chk.rows
         sp.amounts[role] = chk.amounts
-        if kind == "rlvr":
-            _check_rewards(chk.dataset_names, list(cfg.reward_modules), sp.where, mix)
+        if mkind == "rlvr":
+            _check_rewards(chk.dataset_names, stage_reward_modules(sp), sp.where, mix)
             sp.reward_names = sorted(set(sp.reward_names) | chk.dataset_names)
     rows = sp.rows.get("train")
+    if sp.type == "dpo" and cfg.policy_pairs.enabled and sp.rows.get("pair_prompts") is not None:
+        pc = cfg.policy_pairs
+        prompts = sp.rows["pair_prompts"] if pc.limit is None else min(pc.limit, sp.rows["pair_prompts"])
+        rows = prompts * pc.pairs_per_prompt  # at most this many pairs
     if rows is None:
         return
     if sp.type == "rlvr":
@@ -706,9 +751,12 @@ def _check_stage_data(sp: StagePlan, recipe_eval_mix: str | None) -> None:
             cfg.per_device_train_batch_size * cfg.accumulation_steps(sp.num_processes) * sp.num_processes
         )
         if rows < effective:
-            raise DataError(
-                f"{sp.where}.dataset_mix: {rows} rows, fewer than one effective batch ({effective})"
+            what = (
+                f"policy_pairs.prompts: at most {rows} pairs"
+                if sp.type == "dpo" and cfg.policy_pairs.enabled
+                else f"dataset_mix: {rows} rows"
             )
+            raise DataError(f"{sp.where}.{what}, fewer than one effective batch ({effective})")
 
 
 def _check_eval_data(mix: str, ev: EvalSpec, where: str) -> None:
@@ -818,6 +866,12 @@ def _format_stage(sp: StagePlan, base_arch, n_stages: int, gpu_gb: float | None 
                 f"{', packed' if cfg.packing else ''}"
             )
         else:
+            if cfg.policy_pairs.enabled:
+                pc = cfg.policy_pairs
+                L.append(
+                    f"  pairs: the starting model's own answers, {pc.samples} per prompt at T={pc.temperature:g} "
+                    f"(max {pc.max_tokens} tokens), up to {pc.pairs_per_prompt} (right, wrong) pair(s) per prompt"
+                )
             nll = f" + {cfg.nll_coef:g} x NLL(chosen)" if cfg.nll_coef else ""
             L.append(
                 f"  loss: {cfg.loss_type} beta {cfg.beta:g}{nll}; reference {cfg.reference}; "
@@ -1110,21 +1164,26 @@ def finish_lineage(
 ) -> dict:
     """The finished record: data content hashes (loads each mix), reward sources (RLVR)."""
     rec = _stage_lineage(plan, sp, parent_digest, "finished", started)
-    kinds = {"train": STAGE_KIND[sp.type], "eval": STAGE_KIND[sp.type]}
     names: set[str] = set()
     for role, mix in sp.mixes.items():
-        kind = kinds.get(role, STAGE_KIND[sp.type])
+        kind = role_kind(sp.type, role)
         rec["data"][role] = lin.mix_record(mix, kind)
         if kind == "rlvr":
             from .data.mixes import load_mix
 
             names |= set(load_mix(mix, kind="rlvr").dataset.unique("dataset"))
-    if sp.type == "rlvr":
+    if sp.type == "dpo" and sp.cfg.policy_pairs.enabled:  # the pairs the policy's samples made
+        for split in ("train", "eval"):
+            made = sp.out / "policy_pairs" / f"{split}.jsonl"
+            if made.is_file():
+                rec["data"][f"policy_pairs_{split}"] = lin.mix_record(str(made), "preference")
+    if names:
         _, load_user_rewards = _reward_api()
-        for spec in sp.cfg.reward_modules:
+        modules = stage_reward_modules(sp)
+        for spec in modules:
             load_user_rewards(spec)
         rec["rewards"] = lin.reward_sources(sorted(names))
-        rec["reward_modules"] = [{"spec": s, **_module_hash(s)} for s in sp.cfg.reward_modules]
+        rec["reward_modules"] = [{"spec": s, **_module_hash(s)} for s in modules]
     rec["model"] = {"digest": digest, "path": str(sp.out)}
     rec["finished_at"] = lin.now()
     rec["wall_seconds"] = seconds

@@ -129,14 +129,12 @@ class RLVRConfig(TrainConfig):
         return self.kl_estimator or ("k1" if self.algorithm == "ppo" else "k3")
 
     def rollout_config(self):
-        from .rollout import RolloutConfig
+        from .rollout import RolloutConfig, engine_dtype
 
         data = {
             "seed": self.seed,
             "max_model_len": self.max_prompt_length + self.response_length,
-            "dtype": "float32"
-            if self.dtype in ("auto", "float32") and not torch.cuda.is_available()
-            else ("bfloat16" if self.dtype == "auto" else self.dtype),
+            "dtype": engine_dtype(self.dtype, self.rollout.get("device", "cpu")),
             **self.rollout,
             "model": self.model_name_or_path,
         }

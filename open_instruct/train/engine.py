@@ -84,10 +84,15 @@ class TrainConfig:
     wandb_project: str | None = None
     wandb_run_name: str | None = None
 
+    @property
+    def generates_data(self) -> bool:
+        """True when the stage makes its own training data (DPO `policy_pairs`)."""
+        return False
+
     def validate(self, where: str) -> None:
         if not self.model_name_or_path:
             raise ConfigError(f"{where}: missing required key 'model_name_or_path'")
-        if not self.dataset_mix:
+        if not self.dataset_mix and not self.generates_data:
             raise ConfigError(f"{where}: missing required key 'dataset_mix'")
         if not self.output_dir:
             raise ConfigError(f"{where}: missing required key 'output_dir'")

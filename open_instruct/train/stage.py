@@ -50,13 +50,13 @@ def rows(dataset, indices) -> list[dict]:
     return [dict(zip(keys, vals)) for vals in zip(*(cols[k] for k in keys))]
 
 
-def make_plan(cfg: TrainConfig, engine: Engine, num_examples: int) -> BatchPlan:
+def make_plan(cfg: TrainConfig, engine: Engine, num_examples: int, data_name: str | None = None) -> BatchPlan:
     plan = BatchPlan(
         num_examples, engine.effective_batch, cfg.num_train_epochs, cfg.seed, cfg.max_train_steps
     )
     if plan.steps_per_epoch == 0:
         raise ConfigError(
-            f"{cfg.dataset_mix}: {num_examples} usable examples, fewer than one effective batch "
+            f"{data_name or cfg.dataset_mix}: {num_examples} usable examples, fewer than one effective batch "
             f"({engine.effective_batch} = {cfg.per_device_train_batch_size} per device x "
             f"{engine.accumulation} accumulation x {engine.world_size} processes)"
         )

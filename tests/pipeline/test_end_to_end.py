@@ -31,6 +31,10 @@ OVERRIDES = [
     "sft.max_train_steps=6",
     "sft.per_device_train_batch_size=32",
     "sft.total_batch_size=32",
+    # 6 SFT steps leave a model that answers nothing right, so it cannot make on-policy pairs: this run
+    # trains DPO on the fixed sample pairs (policy_pairs itself: tests/train/test_policy_pairs.py)
+    "dpo.policy_pairs.prompts=null",
+    "dpo.policy_pairs.eval_prompts=null",
     "dpo.dataset_mix={kind: preference, sources: [{path: data_mixes/samples/preference_train.jsonl, amount: 64}]}",
     "dpo.eval_dataset_mix={kind: preference, sources: [{path: data_mixes/samples/preference_eval.jsonl, amount: 32}]}",
     "dpo.max_train_steps=4",

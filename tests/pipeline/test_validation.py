@@ -235,3 +235,31 @@ def test_set_overrides_by_stage_wildcard_and_recipe_key():
     assert out["eval"]["limit"] == 20
     assert sft["max_train_steps"] == dpo["max_train_steps"] == rl["max_train_steps"] == 3
     assert data["stages"][0] == {"name": "sft", "type": "sft"}  # the input is not modified
+
+
+def test_policy_pairs_errors_name_the_key(tiny_recipe, tmp_path):
+    """DPO's on-policy pairs: their prompt mixes and verifiers are checked like RLVR data, up front."""
+    path = tiny_recipe(lambda d: _stage(d, "dpo")["policy_pairs"].update(prompts="data_mixes/nope.yaml"))
+    _fails(path, tmp_path, DataError, contains=("stage dpo.policy_pairs.prompts", "nope.yaml", "not found"))
+
+    path = tiny_recipe(lambda d: _stage(d, "dpo")["policy_pairs"].update(samles=4))
+    _fails(path, tmp_path, ConfigError, contains=("stage dpo.policy_pairs", "unknown key 'samles'"))
+
+    path = tiny_recipe(lambda d: _stage(d, "dpo").update(dataset_mix="data_mixes/tiny_preference.yaml"))
+    _fails(path, tmp_path, ConfigError, contains=("stage dpo.dataset_mix", "policy_pairs.prompts"))
+
+    rows = tmp_path / "prompts.jsonl"
+    row = {
+        "messages": [{"role": "user", "content": "1 + 2?"}],
+        "ground_truth": "3",
+        "dataset": "no_such_verifier",
+    }
+    rows.write_text("".join(json.dumps(row) + "\n" for _ in range(40)))
+    path = tiny_recipe(lambda d: _stage(d, "dpo")["policy_pairs"].update(prompts=str(rows)))
+    _fails(path, tmp_path, DataError, contains=("stage dpo", "no_such_verifier"))
+
+    path = tiny_recipe(lambda d: _stage(d, "dpo")["policy_pairs"].update(limit=10))  # 10 pairs < batch 32
+    _fails(path, tmp_path, DataError, contains=("stage dpo.policy_pairs.prompts: at most 10 pairs", "(32)"))
+
+    path = tiny_recipe(lambda d: _stage(d, "dpo")["policy_pairs"].update(prompts="data_mixes/tiny_sft.yaml"))
+    _fails(path, tmp_path, DataError, contains=("stage dpo.policy_pairs.prompts", "needs 'rlvr'"))
