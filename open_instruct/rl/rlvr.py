@@ -245,7 +245,7 @@ def make_loss_fn(cfg: RLVRConfig):
         else:
             out = L.grpo_loss(
                 lp,
-                mb["old_logp"],
+                mb["old_logp"] if "old_logp" in mb else lp.detach(),  # see RLVRRun.learn: single update
                 mb.get("ref_logp"),
                 mb["advantages"],
                 mask,
@@ -432,11 +432,18 @@ class RLVRRun:
         from ..model.policy import token_logprobs
         from ..model.value import token_values
 
-        exp.old_logp = forward_in_chunks(lambda b: token_logprobs(policy, b), exp, chunk)
+        # One GRPO update on fresh samples with no reference: the policy that generated the batch is the
+        # one being updated, so its log-probs come free from the update's own forward (detached) and a
+        # whole no-grad pass over the batch is skipped (TRL does the same when num_iterations is 1).
+        single_update = (
+            cfg.algorithm == "grpo" and cfg.num_epochs == 1 and cfg.num_mini_batches == 1 and self.ref is None
+        )
+        if not single_update:
+            exp.old_logp = forward_in_chunks(lambda b: token_logprobs(policy, b), exp, chunk)
         exp.ref_logp = (
             forward_in_chunks(lambda b: token_logprobs(self.ref, b), exp, chunk)
             if self.ref is not None
-            else exp.old_logp.clone()
+            else exp.old_logp
         )
         penalty = cfg.penalty_reward_value if cfg.non_stop_penalty else None
         if cfg.algorithm == "ppo":
@@ -465,7 +472,11 @@ class RLVRRun:
                 final = torch.where(finished, final, torch.full_like(final, penalty))
             per_seq = adv.grpo_advantages(final, n, normalize_std=cfg.grpo_normalize_std)
             exp.advantages = per_seq[:, None] * mask  # every token of a response shares its advantage
-            seq_kl = L.masked_sum(L.kl_estimate(exp.old_logp, exp.ref_logp, "k1"), mask, dim=-1)
+            seq_kl = (
+                torch.zeros(mask.shape[0])  # no reference: KL 0 by definition
+                if exp.ref_logp is None or exp.old_logp is None
+                else L.masked_sum(L.kl_estimate(exp.old_logp, exp.ref_logp, "k1"), mask, dim=-1)
+            )
 
         # K epochs x M mini-batches, each one optimizer step of micro-batches
         total = exp.input_ids.shape[0]
