@@ -1694,6 +1694,9 @@ def run_recipe(
             text = format_plan(plan)
         print(text, flush=True)
         return text
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # the stages show their own progress; per-dataset bars drown it in the log
     with tempfile.TemporaryDirectory(prefix="oi-validate-") as scratch:
         load_plan(recipe, overrides, output, scratch=Path(scratch))  # everything checked, nothing written
     plan = load_plan(recipe, overrides, output)  # the same, with inline mixes written into <output>/mixes

@@ -236,8 +236,8 @@ def make_loss_fn(cfg: RLVRConfig):
             )
             total = pg.loss + cfg.vf_coef * vf.loss
             metrics = {
-                "policy_loss": float(pg.loss),
-                "value_loss": float(vf.loss),
+                "policy_loss": float(pg.loss.detach()),
+                "value_loss": float(vf.loss.detach()),
                 "clip_fraction": float(pg.clip_fraction) * units,
                 "value_clip_fraction": float(vf.clip_fraction) * units,
                 "approx_kl": float(pg.approx_kl) * units,
@@ -257,10 +257,10 @@ def make_loss_fn(cfg: RLVRConfig):
             )
             total = out.loss
             metrics = {
-                "policy_loss": float(out.policy_loss),
+                "policy_loss": float(out.policy_loss.detach()),
                 "clip_fraction": float(out.clip_fraction) * units,
                 "approx_kl": float(out.approx_kl) * units,
-                "kl_loss": float(out.kl),
+                "kl_loss": float(out.kl.detach()),
             }
         metrics["entropy"] = float(L.masked_sum(ent.detach(), mask))
         return LossOut(total=total, units=units, metrics=metrics)
