@@ -262,3 +262,50 @@ def test_entropy_from_logits_matches_definition_and_chunking():
     close(entropy_from_logits(torch.tensor([[0.0, -1e4, -1e4]])), [0.0])  # one-hot-ish: no NaN
     bf16 = entropy_from_logits(logits.to(torch.bfloat16))
     assert bf16.dtype == torch.float32
+
+
+def test_grpo_single_update_without_old_logprobs_matches_explicit_ones(tiny_model_dir):
+    """One GRPO update per batch with no reference skips the no-grad old-log-prob pass
+    (RLVRRun.learn): the loss then uses its own detached log-probs. Same loss, same gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from open_instruct.config import from_dict
+    from open_instruct.model.value import ActorCritic
+    from open_instruct.rl.rlvr import RLVRConfig, build_experience, make_loss_fn
+
+    torch.manual_seed(0)
+    model = ActorCritic(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), None)
+    cfg = from_dict(
+        RLVRConfig,
+        dict(
+            model_name_or_path="m",
+            dataset_mix="d",
+            output_dir="o",
+            algorithm="grpo",
+            num_samples_per_prompt_rollout=2,
+            num_unique_prompts_rollout=1,
+            per_device_train_batch_size=2,
+            beta=0.0,
+            max_train_steps=1,
+        ),
+    )
+    exp = build_experience([[5, 6, 7], [5, 6]], [[8, 9, 10, 2], [11, 2]], pad_id=0)
+    exp.advantages = torch.tensor([[0.7], [-0.7]]) * exp.mask
+    loss_fn = make_loss_fn(cfg)
+
+    def grads(mb):
+        model.zero_grad()
+        out = loss_fn(model, mb)
+        out.total.backward()
+        return float(out.total.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    mb = exp.rows([0, 1])
+    loss_skip, g_skip = grads(mb)
+    with torch.no_grad():
+        (old, _), _ = model(
+            {k: mb[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")}, False, True
+        )
+    loss_explicit, g_explicit = grads({**mb, "old_logp": old})
+    assert abs(loss_skip - loss_explicit) < 1e-6
+    assert max(float((a - b).abs().max()) for a, b in zip(g_skip, g_explicit)) < 1e-6
+    assert abs(loss_skip) > 0 and any(float(g.abs().max()) > 0 for g in g_skip)
