@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from _common import print_table  # noqa: E402
+from _common import print_table, report, run_child  # noqa: E402
 
 WARMUP = 2
 BETA = 0.1
@@ -192,7 +191,7 @@ def _child(
         e2e_pairs_per_s=pairs / (res["ref_s"] + res["loop_s"]),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
-    print("RESULT " + json.dumps(res), flush=True)
+    report(res)
 
 
 def measure(
@@ -204,19 +203,7 @@ def measure(
     threads: int,
     packing: bool = False,
 ) -> dict:
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        OPEN_INSTRUCT_CACHE=tempfile.mkdtemp(prefix="bench_cache_"),
-        TQDM_DISABLE="1",
-    )
-    cmd = [
-        sys.executable,
-        __file__,
+    args = [
         "--child",
         which,
         "--model",
@@ -230,18 +217,12 @@ def measure(
         "--threads",
         str(threads),
     ]
-    proc = subprocess.run(
-        cmd + (["--packing"] if packing else []),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=3600,
+    return run_child(
+        __file__,
+        args + (["--packing"] if packing else []),
+        which,
+        env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
     )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{which} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][7:])
 
 
 def run(

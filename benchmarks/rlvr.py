@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from _common import print_table  # noqa: E402
+from _common import print_table, report, run_child  # noqa: E402
 
 WARMUP = 2
 LR = 1e-5
@@ -179,26 +178,12 @@ def _child(which: str, model_dir: str, a: argparse.Namespace) -> None:
         gen_tokens_per_s=episodes * res["response_length"] / seconds,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
-    print("RESULT " + json.dumps(res), flush=True)
+    report(res)
 
 
 def measure(which: str, model_dir: str, a: argparse.Namespace) -> dict:
-    env = dict(
-        os.environ,
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        OPEN_INSTRUCT_CACHE=tempfile.mkdtemp(prefix="bench_cache_"),
-        TQDM_DISABLE="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-    )
-    cmd = [sys.executable, __file__, "--child", which, "--model", model_dir, *_forward(a)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=3600)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        err = (proc.stderr or proc.stdout)[-3000:]
-        raise RuntimeError(f"{which} failed (exit {proc.returncode}):\n{err}")
-    return json.loads(lines[-1][7:])
+    args = ["--child", which, "--model", model_dir, *_forward(a)]
+    return run_child(__file__, args, which, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
 def _forward(a: argparse.Namespace) -> list[str]:

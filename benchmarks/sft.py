@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from _common import print_table  # noqa: E402
+from _common import print_table, report, run_child  # noqa: E402
 
 ROW_TOKENS = 256  # packed row length for both trainers
 WARMUP = 3
@@ -123,40 +122,21 @@ def _child(which: str, model_dir: str, steps: int, rows_per_step: int) -> None:
     with tempfile.TemporaryDirectory() as out:
         res = (_ours if which == "ours" else _trl)(model_dir, steps, rows_per_step, out)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(res), flush=True)
+    report(res)
 
 
 def measure(which: str, model_dir: str, steps: int, rows_per_step: int) -> dict:
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="2",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        OPEN_INSTRUCT_CACHE=tempfile.mkdtemp(prefix="bench_cache_"),
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            which,
-            "--model",
-            model_dir,
-            "--steps",
-            str(steps),
-            "--rows-per-step",
-            str(rows_per_step),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=1800,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{which} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][7:])
+    args = [
+        "--child",
+        which,
+        "--model",
+        model_dir,
+        "--steps",
+        str(steps),
+        "--rows-per-step",
+        str(rows_per_step),
+    ]
+    return run_child(__file__, args, which, env={"OMP_NUM_THREADS": "2"}, timeout=1800)
 
 
 def run(steps: int = 30, hidden: int = 256, layers: int = 4, rows_per_step: int = 4) -> list[dict]:

@@ -156,29 +156,35 @@ def evaluate_model(
         runner.close()
 
 
-def fit_context(model: str, max_prompt_length: int, max_tokens: int) -> int:
+def fit_context(
+    model: str,
+    max_prompt_length: int,
+    max_tokens: int,
+    model_field: str = "eval --model",
+    tokens_field: str = "eval --max-tokens",
+) -> int:
     """The prompt budget that fits the model's context next to `max_tokens` of response (prompts
-    longer than it are dropped and counted by tokenisation); a one-line error when nothing fits or
-    the model is not there."""
+    longer than it are dropped and counted by tokenisation); a one-line error naming `model_field` /
+    `tokens_field` when nothing fits or the model is not there."""
     from transformers import AutoConfig
 
     from .errors import ConfigError
 
     p = Path(model).expanduser()
     if not p.is_dir() and (p.is_absolute() or model.startswith(".") or model.count("/") != 1):
-        raise ConfigError(f"eval --model: {model} is neither a local model dir nor a hub id (org/name)")
+        raise ConfigError(f"{model_field}: {model} is neither a local model dir nor a hub id (org/name)")
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"eval --model: cannot read {model}: {' '.join(str(e).split())[:200]}") from e
+        raise ConfigError(f"{model_field}: cannot read {model}: {' '.join(str(e).split())[:200]}") from e
     context = getattr(config, "max_position_embeddings", None)
     if not context or max_prompt_length + max_tokens <= context:
         return max_prompt_length
     if max_tokens >= context:
         raise ConfigError(
-            f"eval --max-tokens: {max_tokens} leaves no room for a prompt in {model}'s {context}-token context"
+            f"{tokens_field}: {max_tokens} leaves no room for a prompt in {model}'s {context}-token context"
         )
-    log.info("eval: prompts capped at %d tokens (%d-token context)", context - max_tokens, context)
+    log.info("%s: prompts capped at %d tokens (%d-token context)", model_field, context - max_tokens, context)
     return context - max_tokens
 
 

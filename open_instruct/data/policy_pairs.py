@@ -110,13 +110,13 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def load_prompts(mix: str, tokenizer, pc: PolicyPairsConfig, limit: int | None):
+def load_prompts(mix: str, tokenizer, max_prompt_length: int, limit: int | None):
     """Tokenised RLVR rows (fails on bad rows in seconds, before an engine starts)."""
     from .mixes import load_mix
     from .tokenize import tokenize_data
 
     tokenized = tokenize_data(
-        load_mix(mix, kind="rlvr"), tokenizer, "rlvr", max_prompt_length=pc.max_prompt_length
+        load_mix(mix, kind="rlvr"), tokenizer, "rlvr", max_prompt_length=max_prompt_length
     )
     n = len(tokenized.dataset) if limit is None else min(limit, len(tokenized.dataset))
     return tokenized, n
@@ -130,6 +130,12 @@ class PairMaker:
     ):
         self.model, self.digest, self.tokenizer = model, model_digest, tokenizer
         self.pc, self.seed, self.dtype = pc, seed, dtype
+        from ..evaluate import fit_context
+
+        # a model with a short context (the tiny one: 512) gets a smaller prompt budget, not an engine error
+        self.prompt_budget = fit_context(
+            model, pc.max_prompt_length, pc.max_tokens, "policy_pairs (model)", "policy_pairs.max_tokens"
+        )
         self._group = None
         self._runner = None
 
@@ -146,7 +152,7 @@ class PairMaker:
                 "model": self.model,
                 "seed": self.seed,
                 "dtype": engine_dtype(self.dtype, self.pc.rollout.get("device", "cpu")),
-                "max_model_len": self.pc.max_prompt_length + self.pc.max_tokens,
+                "max_model_len": self.prompt_budget + self.pc.max_tokens,
                 **self.pc.rollout,
             }
             self._group = RolloutGroup(from_dict(RolloutConfig, engine, "policy_pairs.rollout"))
@@ -157,7 +163,7 @@ class PairMaker:
         """Writes `dest` (JSONL pairs) and `dest.json` (stats); reuses both when their key matches."""
         from ..train.stage import rows as take_rows
 
-        tokenized, n = load_prompts(mix, self.tokenizer, self.pc, limit)
+        tokenized, n = load_prompts(mix, self.tokenizer, self.prompt_budget, limit)
         key = _key(self.digest, tokenized.data_hash, self.pc, self.seed, split)
         meta_path = dest.with_suffix(".json")
         if dest.is_file() and meta_path.is_file():
