@@ -144,7 +144,11 @@ def prune(ckpt_root: Path, keep_last: int) -> None:
         return
     steps = list_steps(ckpt_root)
     for _, path in steps[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+        # rename first: a kill mid-delete must not leave a half-deleted dir under a sealed name
+        trash = ckpt_root / f".old-{path.name}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 MODEL_MANIFEST = "model_manifest.json"

@@ -57,6 +57,34 @@ def test_prune_keeps_the_last_k(tmp_path):
     assert [s for s, _ in ckpt.list_steps(tmp_path)] == [3, 4]
 
 
+def test_kill_mid_prune_leaves_no_broken_sealed_checkpoint(tmp_path, monkeypatch):
+    """A process killed while deleting an old checkpoint (here: the delete stops after one file)
+    must not leave a half-deleted directory under a sealed `step_N` name."""
+    import shutil
+
+    for s in (1, 2, 3):
+        _make(tmp_path, s)
+    real_rmtree = shutil.rmtree
+
+    def dies_after_one_file(path, ignore_errors=False):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+        if files:
+            files[0].unlink()
+            raise KeyboardInterrupt("killed mid-delete")
+
+    monkeypatch.setattr(shutil, "rmtree", dies_after_one_file)
+    try:
+        ckpt.prune(tmp_path, keep_last=1)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    for _step, path in ckpt.list_steps(tmp_path):
+        assert ckpt.verify(path) is None, path
+    ckpt.prune(tmp_path, keep_last=1)  # the next prune finishes the job
+    assert [s for s, _ in ckpt.list_steps(tmp_path)] == [3]
+    assert not list(tmp_path.glob(".old-*"))
+
+
 def test_published_model_digest_detects_tampering(tmp_path):
     tmp = tmp_path / ".tmp-model"
     tmp.mkdir()
