@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -190,6 +191,26 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+RUN_ROOT = "<run>"
+
+
+def relative_to_run(data: Any, root: str | Path) -> Any:
+    """`data` (plain config data) with every path inside `root` written as `<run>/...`, so a run
+    directory that was moved or copied compares equal to itself (a config records its own paths)."""
+    root = os.path.normpath(str(root))
+    if isinstance(data, dict):
+        return {k: relative_to_run(v, root) for k, v in data.items()}
+    if isinstance(data, list):
+        return [relative_to_run(v, root) for v in data]
+    if isinstance(data, str) and data:
+        norm = os.path.normpath(data)
+        if norm == root:
+            return RUN_ROOT
+        if norm.startswith(root + os.sep):
+            return RUN_ROOT + norm[len(root) :]
+    return data
 
 
 def load_config(

@@ -127,24 +127,21 @@ def reward_sources(names: list[str]) -> dict[str, dict]:
 
 
 def mix_fingerprint(mix_path: str) -> dict:
-    """A cheap identity of a data mix without loading it: the mix YAML's bytes, and for every local
-    source file its bytes (hub sources are identified by id/subset/split/amount in the YAML)."""
+    """A cheap identity of a data mix without loading it: the parsed mix (seed, kind, every source's
+    settings), with each local file named by its bytes' sha256 rather than its path -- moving the
+    repo or the run directory does not change the data (hub sources: id/subset/split/amount)."""
+    from .config import to_dict
     from .data.mixes import read_spec
 
-    path = Path(mix_path)
-    h = hashlib.sha256()
+    spec = to_dict(read_spec(Path(mix_path)))
     files = []
-    if path.suffix in (".yaml", ".yml"):
-        h.update(path.read_bytes())
-    spec = read_spec(path)
-    for src in spec.sources:
-        if src.path is not None:
-            digest = sha256_file(Path(src.path))
-            files.append({"path": src.path, "sha256": digest})
-            h.update(f"{src.path}:{digest}\n".encode())
-        else:
-            h.update(f"hf:{src.hf}:{src.subset}:{src.split}:{src.amount}\n".encode())
-    return {"fingerprint": h.hexdigest(), "files": files}
+    for src in spec["sources"]:
+        if src["path"] is not None:
+            digest = sha256_file(Path(src["path"]))
+            files.append({"path": src["path"], "sha256": digest})
+            src["path"] = {"sha256": digest}
+    canon = json.dumps(spec, sort_keys=True, default=str).encode()
+    return {"fingerprint": hashlib.sha256(canon).hexdigest(), "files": files}
 
 
 def mix_record(mix_path: str, kind: str) -> dict:

@@ -45,7 +45,7 @@ import yaml
 
 from . import lineage as lin
 from . import plan as planmod
-from .config import from_dict, load_yaml, parse_override, to_dict
+from .config import from_dict, load_yaml, parse_override, relative_to_run, to_dict
 from .errors import ConfigError, DataError, UserError
 
 log = logging.getLogger(__name__)
@@ -975,8 +975,9 @@ def _cmp_config(old: dict, new: dict, cls: type | None = None) -> list[str]:
     """Keys whose values differ, ignoring NON_SEMANTIC_KEYS (JSON round-trip normalises types). A key
     the old record lacks counts as equal when the new value is the field's default: a config field
     added to the toolkit later must not invalidate every finished run."""
-    a = json.loads(json.dumps(old, default=str))
-    b = json.loads(json.dumps(new, default=str))
+    # paths inside the run directory compare relative to it: a moved or copied run is the same run
+    a = relative_to_run(json.loads(json.dumps(old, default=str)), _run_root(old))
+    b = relative_to_run(json.loads(json.dumps(new, default=str)), _run_root(new))
     defaults = {}
     if cls is not None:
         inst_defaults = {f.name: f for f in dataclasses.fields(cls)}
@@ -993,6 +994,12 @@ def _cmp_config(old: dict, new: dict, cls: type | None = None) -> list[str]:
         if a.get(k) != b.get(k):
             diff.append(k)
     return diff
+
+
+def _run_root(stage_cfg: dict) -> str:
+    """A recipe stage writes `<output>/<stage>`; its run directory is `<output>`."""
+    out = stage_cfg.get("output_dir")
+    return os.path.dirname(os.path.normpath(out)) if out else "\0"
 
 
 def _describe_diff(old: dict, new: dict, keys: list[str]) -> str:

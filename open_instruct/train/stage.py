@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import to_dict
+from ..config import relative_to_run, to_dict
 from ..errors import ConfigError
 from ..model.policy import LoraSettings, Policy, load_tokenizer
 from ..track import Tracker, plot_metrics
@@ -93,7 +93,11 @@ def already_done(cfg) -> bool:
     if ckpt.verify_model(out) is None:
         return False
     saved = out / "resolved_config.yaml"
-    if saved.exists() and yaml.safe_load(saved.read_text()) == to_dict(cfg):
+    old = yaml.safe_load(saved.read_text()) if saved.exists() else None
+    # compared relative to the output dir: a moved output dir still holds the same run
+    if old is not None and relative_to_run(old, old.get("output_dir", out)) == relative_to_run(
+        to_dict(cfg), out
+    ):
         log.info("%s already holds the finished model for this config; nothing to do", out)
         return True
     raise ConfigError(f"{out}: holds a finished run with a different config; choose a new output_dir")

@@ -335,3 +335,22 @@ def test_unreachable_hub_id_is_a_one_line_data_error(repo_root):
         DataError, match=r"tulu3_sft\.yaml sources\[0\]\.hf: could not load 'allenai/tulu-3-sft-mixture'"
     ):
         load_mix(repo_root / "data_mixes" / "tulu3_sft.yaml")
+
+
+def test_mix_fingerprint_follows_content_not_location(tmp_path):
+    from open_instruct.lineage import mix_fingerprint
+
+    def mix(where, rows, amount=2):
+        where.mkdir(parents=True)
+        (where / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (where / "m.yaml").write_text(f"kind: sft\nsources:\n- path: d.jsonl\n  amount: {amount}\n")
+        return mix_fingerprint(str(where / "m.yaml"))["fingerprint"]
+
+    rows = [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": str(i)}]}
+        for i in range(3)
+    ]
+    same = mix(tmp_path / "a", rows)
+    assert mix(tmp_path / "b" / "deeper", rows) == same  # moved: same data
+    assert mix(tmp_path / "c", rows, amount=3) != same  # another amount
+    assert mix(tmp_path / "d", rows[:2] + [rows[0]]) != same  # another file content

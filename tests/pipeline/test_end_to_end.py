@@ -11,12 +11,14 @@ import contextlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from open_instruct import lineage as lin
 from open_instruct import pipeline
+from open_instruct.errors import ConfigError
 from open_instruct.train import engine as engine_mod
 from open_instruct.train.checkpoint import model_digest, verify_model
 
@@ -55,13 +57,15 @@ class SimulatedKill(Exception):
     pass
 
 
-def _run(out: Path, monkeypatch=None) -> str:
+def _run(out: Path, extra: tuple[str, ...] = ()) -> str:
     buf = io.StringIO()
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
         with contextlib.redirect_stdout(buf):
-            pipeline.run_recipe(REPO / "recipes/tiny.yaml", overrides=OVERRIDES, output=str(out))
+            pipeline.run_recipe(
+                REPO / "recipes/tiny.yaml", overrides=OVERRIDES + list(extra), output=str(out)
+            )
     finally:
         os.chdir(cwd)
         print(buf.getvalue())  # shown by pytest on failure
@@ -107,6 +111,8 @@ def runs(tmp_path_factory):
         "dpo_finished": verify_model(out / "dpo"),
     }
     sft_mtimes = {k: v for k, v in after_kill["sft_files"].items() if "/sft/" in k}
+    killed_copy = tmp_path_factory.mktemp("moved") / "killed-run"
+    shutil.copytree(out, killed_copy)  # the interrupted run, moved elsewhere
 
     log2 = _run(out)  # run 2: resumes
     files2 = _model_files(out)
@@ -120,6 +126,7 @@ def runs(tmp_path_factory):
         "files2": files2,
         "log3": log3,
         "files3": files3,
+        "killed_copy": killed_copy,
     }
 
 
@@ -201,8 +208,6 @@ def test_summary_report_and_evals(runs):
 
 def test_changed_config_of_a_finished_stage_is_refused_before_training(runs, tmp_path):
     """A finished stage never gets silently reused or overwritten with another config."""
-    from open_instruct.errors import ConfigError
-
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
@@ -214,3 +219,37 @@ def test_changed_config_of_a_finished_stage_is_refused_before_training(runs, tmp
         os.chdir(cwd)
     assert "stage dpo" in str(info.value) and "beta" in str(info.value)
     assert _model_files(runs["out"]) == runs["files3"]
+
+
+def test_a_copied_run_directory_is_the_same_run(runs, tmp_path):
+    """Configs record paths inside the run (output_dir, the parent stage's checkpoint); a run moved or
+    copied elsewhere must still be recognised as finished, not refused as a different config."""
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(runs["out"], moved)
+    before = _model_files(moved)
+    log = _run(moved)
+    for s in STAGES:
+        assert f"stage {s}: skipped" in log
+    assert "training" not in log and "resuming" not in log
+    assert _model_files(moved) == before
+    # while a real config change is still refused
+    with pytest.raises(ConfigError, match=r"different config \(max_train_steps: 4 -> 5\)"):
+        _run(moved, ("dpo.max_train_steps=5",))
+    # and so is different data behind the same config (an inline mix with another amount)
+    other = "sft.dataset_mix={kind: sft, sources: [{path: data_mixes/samples/sft_train.jsonl, amount: 500}]}"
+    with pytest.raises(ConfigError, match=r"stage sft: .* different data"):
+        _run(moved, (other,))
+
+
+def test_a_moved_interrupted_run_resumes(runs):
+    """The run killed mid-DPO, copied to another directory: SFT counts as done, DPO resumes from its
+    step-2 checkpoint (assessed only; the resume itself is the same code as in the original dir)."""
+    moved = runs["killed_copy"]
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        plan = pipeline.load_plan(REPO / "recipes/tiny.yaml", OVERRIDES, str(moved))
+        pipeline.assess_stages(plan, model_digest(str(moved / "base")))
+    finally:
+        os.chdir(cwd)
+    assert [sp.status for sp in plan.stages] == ["done", "resume", "pending"]
