@@ -487,12 +487,15 @@ def load_plan(
         if not isinstance(n_proc, int) or not isinstance(n_nodes, int) or n_proc < 1 or n_nodes < 1:
             raise ConfigError(f"{sw}: num_processes and nodes must be integers >= 1")
         if typ == "rlvr":
-            if num_processes not in (None, 1) or nodes not in (None, 1):
+            # the recipe-wide launch is for SFT/DPO; an RLVR learner spans processes only when its
+            # stage says so (its GPUs are shared with the vLLM engines), on one node
+            if nodes not in (None, 1):
                 raise ConfigError(
-                    f"{sw}.num_processes: the RLVR learner runs in one process; scale "
-                    f"generation with rollout.num_engines"
+                    f"{sw}.nodes: the RLVR learner runs on one node (num_processes there); "
+                    f"scale generation with rollout.num_engines"
                 )
-            n_proc, n_nodes = 1, 1
+            n_proc, n_nodes = num_processes or 1, 1
+            cfg.engine_config(n_proc, where=sw)  # the mini-batch splits evenly over the learner processes
         elif n_proc % n_nodes:
             raise ConfigError(
                 f"{sw}.num_processes: {n_proc} processes do not split evenly over {n_nodes} nodes"
@@ -900,9 +903,11 @@ def _format_stage(sp: StagePlan, base_arch, n_stages: int, gpu_gb: float | None 
             f"mini-batch(es) = {steps * cfg.num_epochs * cfg.num_mini_batches:,} optimizer steps{passes}"
         )
         mini = per_step // cfg.num_mini_batches
+        n_proc = sp.num_processes
         L.append(
-            f"  batch: mini-batch {mini} sequences = {mini // cfg.per_device_train_batch_size} micro-batch(es) "
-            f"of {cfg.per_device_train_batch_size} (1 learner process)"
+            f"  batch: mini-batch {mini} sequences = {cfg.per_device_train_batch_size} per process x "
+            f"{n_proc} learner process(es) x {mini // (cfg.per_device_train_batch_size * n_proc)} "
+            f"accumulation step(s)"
         )
         kl = f"beta {cfg.beta:g} ({cfg.estimator})" if cfg.beta > 0 else "no KL (beta 0)"
         extra = (

@@ -306,12 +306,12 @@ def estimate_memory(
         elif cfg.loss_type != "simpo":
             notes.append("reference log-probs are cached before training: no reference model in memory")
         return MemoryPlan(learner, notes=notes)
-    # rlvr: one learner process (policy + reference + value); engines on their own GPUs
+    # rlvr: the learner processes (policy + reference + value, sharded alike); engines on their own GPUs
     seq = cfg.max_prompt_length + cfg.response_length
     learner = training_memory(
         arch,
         params=params,
-        processes=1,
+        processes=processes,
         zero_stage=zero,
         micro_batch=cfg.per_device_train_batch_size,
         seq_len=seq,
@@ -320,13 +320,13 @@ def estimate_memory(
         offload_optimizer=offload,
     )
     if cfg.beta > 0:
-        learner["reference"] = float(params * w)
+        learner["reference"] = float(params * w) / (processes if zero >= 3 else 1)
     if cfg.algorithm == "ppo":
         va = value_arch or arch
         v = training_memory(
             va,
             params=count_params(va, lm_head=False),
-            processes=1,
+            processes=processes,
             zero_stage=zero,
             micro_batch=cfg.per_device_train_batch_size,
             seq_len=seq,

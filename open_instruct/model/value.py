@@ -40,15 +40,29 @@ def load_value_model(
     )
     head = _head(model)
     if any(k.startswith(_head_name(model)) for k in info.get("missing_keys", [])):
-        nn.init.zeros_(head.weight)
-        if getattr(head, "bias", None) is not None:
-            nn.init.zeros_(head.bias)
+        with _whole(list(head.parameters())):
+            for p in head.parameters():
+                nn.init.zeros_(p)
         log.info("value model: %s has no value/reward head; starting from a zero head", name_or_path)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def _whole(params: list):
+    """Under ZeRO-3 a loaded model holds only shards: gather these parameters so an in-place change
+    applies (process 0's change is scattered back). Elsewhere a no-op. Every process must enter."""
+    from contextlib import nullcontext
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 def _head_name(model) -> str:

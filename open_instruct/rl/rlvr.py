@@ -7,6 +7,11 @@ One step:
   -> reward_fns (verifier by the row's `dataset`) -> score x verification_reward, non-EOS penalty
   -> learner forwards (old log-probs, reference log-probs, values) -> advantages (GAE or GRPO groups)
   -> K epochs x M mini-batches of clipped updates on the engine -> weight sync to every engine.
+
+The learner may run as several processes (torchrun; DDP or DeepSpeed ZeRO-2/3 through the shared
+Engine). Process 0 alone drives the engines and the rewards; it broadcasts each scored batch, every
+process runs the no-grad forwards on its 1/N of the rows and all-gathers them (so advantages are the
+same everywhere), then trains on its 1/N of every mini-batch.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -131,22 +137,29 @@ class RLVRConfig(TrainConfig):
     def rollout_config(self):
         from .rollout import RolloutConfig, engine_dtype
 
+        learner_on_gpu = self.rollout.get("device", "cpu") == "cuda" and torch.cuda.is_available()
         data = {
             "seed": self.seed,
             "max_model_len": self.max_prompt_length + self.response_length,
             "dtype": engine_dtype(self.dtype, self.rollout.get("device", "cpu")),
+            # the learner's processes on this node hold GPUs 0..n-1; the engines get the others
+            "learner_gpus": int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if learner_on_gpu else 0,
             **self.rollout,
             "model": self.model_name_or_path,
         }
         return from_dict(RolloutConfig, data, "rollout")
 
-    def engine_config(self) -> TrainConfig:
-        """The TrainConfig the engine sees: accumulation = micro-batches per mini-batch."""
+    def engine_config(self, world_size: int = 1, where: str = "rlvr") -> TrainConfig:
+        """The TrainConfig the engine sees: accumulation = micro-batches per process per mini-batch."""
         mini = self.rollout_batch // self.num_mini_batches
+        per_step = self.per_device_train_batch_size * world_size
+        if mini % per_step:
+            raise ConfigError(
+                f"{where}.per_device_train_batch_size: {self.per_device_train_batch_size} sequences x "
+                f"{world_size} processes does not divide the mini-batch of {mini} sequences"
+            )
         base = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        base.update(
-            gradient_accumulation_steps=mini // self.per_device_train_batch_size, total_batch_size=None
-        )
+        base.update(gradient_accumulation_steps=mini // per_step, total_batch_size=None)
         return TrainConfig(**base)
 
 
@@ -169,6 +182,15 @@ class Experience:
     @property
     def mask(self) -> torch.Tensor:
         return self.labels != -100
+
+    def slice(self, lo: int, hi: int) -> Experience:
+        """Rows lo..hi-1 at the full width (so per-process results concatenate)."""
+        return Experience(
+            **{
+                f.name: (t[lo:hi] if (t := getattr(self, f.name)) is not None else None)
+                for f in dataclasses.fields(self)
+            }
+        )
 
     def rows(self, idx) -> dict:
         """A micro-batch of rows `idx`, trimmed to its longest sequence."""
@@ -278,16 +300,13 @@ class RLVRRun:
     def __init__(self, cfg: RLVRConfig):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.engine = Engine(cfg.engine_config(), self.out, reduction="sum")
-        if self.engine.world_size > 1:
-            raise ConfigError(
-                "rlvr: the learner runs in one process (DeepSpeed ZeRO within it is fine); "
-                "scale generation with rollout.num_engines"
-            )
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.engine = Engine(cfg.engine_config(world), self.out, reduction="sum")
+        self.is_main = self.engine.is_main
         self.tokenizer = stage.load_stage_tokenizer(cfg)
         self.data = self._load_prompts(cfg.dataset_mix)
         self.eval_data = self._load_prompts(cfg.eval_dataset_mix) if cfg.eval_dataset_mix else None
-        self.rewards = self._make_rewards()
+        self.rewards = self._make_rewards() if self.is_main else None  # process 0 scores for all
         self.plan = BatchPlan(
             len(self.data.dataset),
             cfg.num_unique_prompts_rollout,
@@ -302,7 +321,16 @@ class RLVRRun:
             )
         policy = stage.load_policy(cfg, self.tokenizer)
         self.policy = policy
-        self.ref = policy.frozen_copy().model if cfg.beta > 0 else None
+        self.ref = None
+        if cfg.beta > 0:
+            # under ZeRO-3 the policy was loaded as shards, and a copy of shards is no model: the
+            # reference is loaded on its own (sharded too) and run by its own DeepSpeed engine
+            ref = (
+                stage.load_policy(cfg, self.tokenizer, trainable=False).model
+                if self.engine.zero3
+                else policy.frozen_copy().model
+            )
+            self.ref = self.engine.prepare_frozen(ref)
         value = None
         if cfg.algorithm == "ppo":
             value = load_value_model(
@@ -363,13 +391,35 @@ class RLVRRun:
         self.group = RolloutGroup(self.cfg.rollout_config())
         log.info("rlvr: %d vLLM engine(s) ready in %.1fs", len(self.group.engines), self.group.start_seconds)
 
+    def _gathers_weights(self) -> bool:
+        """Whether the full weights must be collected from every process (ZeRO-3 shards them)."""
+        return self.engine.world_size > 1 or self.engine.zero3
+
+    def policy_state_dict(self) -> dict | None:
+        """The policy's full weights on process 0 (None elsewhere). Every process must call it."""
+        if not self._gathers_weights():
+            return self.policy_model().state_dict()
+        full = self.engine.full_state_dict()
+        if not self.is_main:
+            return None
+        return {k[len("policy.") :]: v for k, v in full.items() if k.startswith("policy.")}
+
     def sync(self) -> float:
+        """Sends the learner's weights to every engine. Every process must call it."""
         t0 = time.perf_counter()
-        self.group.sync_weights(self.policy_model().state_dict())
+        weights = self.policy_state_dict()
+        if self.is_main:
+            self.group.sync_weights(weights)
         return time.perf_counter() - t0
 
     def preflight(self) -> None:
+        """Process 0: the engines and the learner must agree on log-probs before training starts."""
         from .preflight import hf_logprob_fn, preflight_kl
+
+        if self.engine.world_size > 1 and self.engine.zero3:
+            # a forward on one process would wait forever for the other processes' shards
+            log.warning("rlvr preflight skipped: the learner is sharded (ZeRO-3) over several processes")
+            return
 
         rows = stage.rows(self.data.dataset, range(min(self.cfg.preflight_prompts, len(self.data.dataset))))
         report = preflight_kl(
@@ -405,9 +455,9 @@ class RLVRRun:
         gen = self.group.generate([r["prompt_input_ids"] for r in rows], self.sampling(step))
         return rows, gen
 
-    def learn(self, step: int, rows: list[dict], gen) -> dict:
-        cfg, tok = self.cfg, self.tokenizer
-        n = cfg.num_samples_per_prompt_rollout
+    def score(self, rows: list[dict], gen) -> dict:
+        """Process 0: the generated batch with its verifiable scores, as plain data to broadcast."""
+        tok = self.tokenizer
         prompts, responses, stopped, texts, truths, datasets, prompt_texts = [], [], [], [], [], [], []
         for row, samples in zip(rows, gen.completions):
             for c in samples:
@@ -420,9 +470,45 @@ class RLVRRun:
                 prompt_texts.append(row["prompt"])
         t_reward = time.perf_counter()
         scored = self.rewards.score(texts, truths, datasets, prompts=prompt_texts, token_ids=responses)
-        reward_seconds = time.perf_counter() - t_reward
-        scores = torch.tensor(scored.scores, dtype=torch.float32)
-        finished = torch.tensor(stopped)
+        return {
+            "prompts": prompts,
+            "responses": responses,
+            "stopped": stopped,
+            "scores": list(scored.scores),
+            "stats": {
+                **scored.metrics("reward"),
+                "reward_seconds": time.perf_counter() - t_reward,
+                "gen_tokens_per_s": gen.tokens_per_second,
+                "gen_seconds": gen.seconds,
+                "engine_restarts": gen.restarts,
+            },
+        }
+
+    def share(self, batch: dict | None) -> dict:
+        """Process 0's scored batch on every process."""
+        if self.engine.world_size == 1:
+            return batch
+        from accelerate.utils import broadcast_object_list
+
+        box = [batch]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def forward_rows(self, fn, exp: Experience, chunk: int) -> torch.Tensor:
+        """`fn` over all rows: each process does its 1/N of them, then all-gather (rank order)."""
+        world, rank = self.engine.world_size, self.engine.process_index
+        if world == 1:
+            return forward_in_chunks(fn, exp, chunk)
+        per = exp.input_ids.shape[0] // world
+        mine = forward_in_chunks(fn, exp.slice(rank * per, (rank + 1) * per), chunk)
+        return self.engine.accelerator.gather(mine.to(self.engine.device)).cpu()
+
+    def learn(self, step: int, batch: dict) -> dict:
+        cfg, tok = self.cfg, self.tokenizer
+        n = cfg.num_samples_per_prompt_rollout
+        prompts, responses = batch["prompts"], batch["responses"]
+        scores = torch.tensor(batch["scores"], dtype=torch.float32)
+        finished = torch.tensor(batch["stopped"])
 
         exp = build_experience(prompts, responses, tok.pad_token_id)
         mask = exp.mask
@@ -439,15 +525,15 @@ class RLVRRun:
             cfg.algorithm == "grpo" and cfg.num_epochs == 1 and cfg.num_mini_batches == 1 and self.ref is None
         )
         if not single_update:
-            exp.old_logp = forward_in_chunks(lambda b: token_logprobs(policy, b), exp, chunk)
+            exp.old_logp = self.forward_rows(lambda b: token_logprobs(policy, b), exp, chunk)
         exp.ref_logp = (
-            forward_in_chunks(lambda b: token_logprobs(self.ref, b), exp, chunk)
+            self.forward_rows(lambda b: token_logprobs(self.ref, b), exp, chunk)
             if self.ref is not None
             else exp.old_logp
         )
         penalty = cfg.penalty_reward_value if cfg.non_stop_penalty else None
         if cfg.algorithm == "ppo":
-            exp.values = forward_in_chunks(
+            exp.values = self.forward_rows(
                 lambda b: token_values(self.engine.unwrapped().value, b), exp, chunk
             )
             shaped = adv.shape_rewards(
@@ -478,17 +564,19 @@ class RLVRRun:
                 else L.masked_sum(L.kl_estimate(exp.old_logp, exp.ref_logp, "k1"), mask, dim=-1)
             )
 
-        # K epochs x M mini-batches, each one optimizer step of micro-batches
+        # K epochs x M mini-batches, each one optimizer step of micro-batches (this process: its 1/N)
         total = exp.input_ids.shape[0]
         mini = total // cfg.num_mini_batches
+        per_proc = mini // self.engine.world_size
+        rank = self.engine.process_index
         t_train = time.perf_counter()
         sums: dict[str, float] = {}
         updates = 0
         for epoch in range(cfg.num_epochs):
             order = np.random.default_rng([cfg.seed, step, epoch]).permutation(total)
             for m in range(cfg.num_mini_batches):
-                rows_m = order[m * mini : (m + 1) * mini]
-                micro = [exp.rows(sorted(rows_m[s : s + chunk].tolist())) for s in range(0, mini, chunk)]
+                rows_m = order[m * mini : (m + 1) * mini][rank * per_proc : (rank + 1) * per_proc]
+                micro = [exp.rows(sorted(rows_m[s : s + chunk].tolist())) for s in range(0, per_proc, chunk)]
                 out = self.engine.step(micro, self.loss_fn)
                 updates += 1
                 for k, v in out.items():
@@ -519,16 +607,12 @@ class RLVRRun:
                 "non_eos_rate": float((~finished).float().mean()),
                 "kl": float(seq_kl.mean()),
                 "response_length": float(lengths.mean()),
-                "gen_tokens_per_s": gen.tokens_per_second,
-                "gen_seconds": gen.seconds,
                 "train_tokens_per_s": train_tokens / train_seconds,
-                "reward_seconds": reward_seconds,
-                "engine_restarts": gen.restarts,
+                **batch["stats"],
             }
         )
         if cfg.algorithm == "ppo":
             metrics["explained_variance"] = float(L.explained_variance(exp.values, exp.returns, mask))
-        metrics.update(scored.metrics("reward"))
         return metrics
 
     # ---- evaluation ------------------------------------------------------------------------------
@@ -552,18 +636,21 @@ class RLVRRun:
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self) -> dict:
-        cfg, engine = self.cfg, self.engine
-        stage.write_resolved_config(cfg, self.out)
+        cfg, engine, main = self.cfg, self.engine, self.is_main
+        if main:
+            stage.write_resolved_config(cfg, self.out)
         state = engine.resume()
         start = state["step"] if state else 0
         if state and state.get("data_hash") != self.data.data_hash:
             raise ConfigError(
                 f"{self.out}: the checkpoint was trained on different prompts; use a new output_dir"
             )
-        self.start_engines()
+        if main:
+            self.start_engines()
         if start:
             self.sync()  # the resumed weights differ from the checkpoint the engines loaded
-        self.preflight()
+        if main:
+            self.preflight()
         tracker = Tracker(
             self.out,
             total_steps=self.plan.num_steps,
@@ -573,9 +660,12 @@ class RLVRRun:
             wandb_run_name=cfg.wandb_run_name,
             config=to_dict(cfg),
             bar_keys=("reward_mean", "kl", "response_length", "gen_tokens_per_s"),
+            enabled=main,
         )
         evals = {}
-        if self.eval_data is not None and start == 0:
+        if not main:
+            pass  # process 0 evaluates
+        elif self.eval_data is not None and start == 0:
             evals["before"] = self.evaluate()
             tracker.log(0, evals["before"])
         elif self.eval_data is not None:  # resumed: the step-0 evaluation is in metrics.jsonl
@@ -583,26 +673,30 @@ class RLVRRun:
 
             first = [r for r in read_metrics(self.out / "metrics.jsonl") if r.get("step") == 0]
             evals["before"] = {k: v for k, v in (first[0] if first else {}).items() if k.startswith("eval/")}
-        pool = ThreadPoolExecutor(max_workers=1) if cfg.async_mode else None
+        pool = ThreadPoolExecutor(max_workers=1) if cfg.async_mode and main else None
         pending = pool.submit(self.generate, start) if pool and start < self.plan.num_steps else None
         try:
             for step in range(start, self.plan.num_steps):
+                batch = None
                 if pool is not None:
                     rows, gen = pending.result()
                     # one-step off-policy: engines generate batch t+1 (with the weights that made t)
                     # while the learner trains on batch t
                     nxt = step + 1
                     pending = pool.submit(self.generate, nxt) if nxt < self.plan.num_steps else None
-                else:
-                    rows, gen = self.generate(step)
-                metrics = self.learn(step, rows, gen)
+                    batch = self.score(rows, gen)
+                elif main:
+                    batch = self.score(*self.generate(step))
+                metrics = self.learn(step, self.share(batch))
                 if pending is not None:
                     pending.result()  # weights may only change between generations
                 metrics["weight_sync_s"] = self.sync()
                 metrics["episodes"] = (step + 1) * cfg.rollout_batch
                 last = step + 1 == self.plan.num_steps
-                if self.eval_data is not None and (
-                    last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)
+                if (
+                    main
+                    and self.eval_data is not None
+                    and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0))
                 ):
                     metrics.update(self.evaluate())
                     if last:
@@ -620,17 +714,26 @@ class RLVRRun:
                 pool.shutdown(wait=True)
         return evals
 
-    def finish(self, evals: dict) -> str:
+    def finish(self, evals: dict) -> str | None:
+        """Publishes the model (process 0; every process must call it). Returns its digest."""
         out = self.out
         model = self.engine.unwrapped()
+        full = self.engine.full_state_dict() if self._gathers_weights() else None
+        if not self.is_main:
+            return None
+        part = (
+            (lambda prefix: {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)})
+            if full is not None
+            else (lambda prefix: None)
+        )
         tmp = out / ".tmp-model"
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
         self.policy.model = model.policy
-        self.policy.save(tmp)
+        self.policy.save(tmp, state_dict=part("policy."))
         if model.value is not None:
-            save_value_model(model.value, self.tokenizer, out / "value_model")
+            save_value_model(model.value, self.tokenizer, out / "value_model", state_dict=part("value."))
         digest = ckpt.publish_model(tmp, out)
         plot_metrics(
             out / "metrics.jsonl",
@@ -652,7 +755,8 @@ class RLVRRun:
     def close(self) -> None:
         if self.group is not None:
             self.group.shutdown()
-        self.rewards.close()
+        if self.rewards is not None:
+            self.rewards.close()
 
 
 def run_rlvr(cfg: RLVRConfig) -> Path:
@@ -662,6 +766,7 @@ def run_rlvr(cfg: RLVRConfig) -> Path:
     try:
         evals = run.run()
         run.finish(evals)
+        run.engine.accelerator.wait_for_everyone()
     finally:
         run.close()
     return Path(cfg.output_dir)

@@ -89,6 +89,9 @@ class RolloutConfig:
     max_restarts: int = 3  # engine restarts allowed within one call
     ray_address: str | None = None  # None: $RAY_ADDRESS, else this machine's `ray start` cluster, else local
     ray_num_cpus: int | None = None  # only when a local Ray is started
+    learner_gpus: int = (
+        0  # GPUs of this node the learner holds (the RLVR stage sets it); a local Ray leaves them out
+    )
     worker_extension_cls: str = "open_instruct.rl.worker_ext.WeightSyncExtension"
     engine_kwargs: dict = field(default_factory=dict)  # passed through to vllm.LLM
 
@@ -355,6 +358,34 @@ def cluster_address(cfg: RolloutConfig) -> str | None:
         return None
 
 
+def engine_gpus(visible: list[str], cfg: RolloutConfig) -> list[str] | None:
+    """The GPU ids a local Ray may hand to engines: the learner's processes hold the first
+    `learner_gpus` (cuda:LOCAL_RANK), so the engines get the rest. None keeps Ray's own view: on CPU,
+    with no learner GPU, or when engines share the learner's GPUs (ipc, fractional GPUs)."""
+    if cfg.device != "cuda" or cfg.learner_gpus <= 0:
+        return None
+    if cfg.resolved_transport == "ipc" or (
+        cfg.num_gpus_per_engine is not None and cfg.num_gpus_per_engine < 1
+    ):
+        return None
+    rest = visible[cfg.learner_gpus :]
+    if not rest:
+        raise ConfigError(
+            f"rollout: the learner's {cfg.learner_gpus} process(es) hold all {len(visible)} visible GPU(s); "
+            f"leave GPUs for the engines, or share them (num_gpus_per_engine < 1, transport ipc)"
+        )
+    return rest
+
+
+def _visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [x.strip() for x in listed.split(",") if x.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def connect_ray(cfg: RolloutConfig) -> str:
     """Joins Ray: an existing session in this process, else `cluster_address`, else a fresh
     local Ray (num_cpus = cfg.ray_num_cpus). Returns which."""
@@ -372,7 +403,18 @@ def connect_ray(cfg: RolloutConfig) -> str:
             if explicit:
                 raise
             # A stale address file from a stopped `ray start`: fall through to a local Ray.
-    ray.init(address="local", num_cpus=cfg.ray_num_cpus, include_dashboard=False)
+    rest = engine_gpus(_visible_gpus(), cfg) if cfg.device == "cuda" else None
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if rest is not None:  # Ray reads the variable when it starts: it sees (and hands out) only these
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(rest)
+    try:
+        ray.init(address="local", num_cpus=cfg.ray_num_cpus, include_dashboard=False)
+    finally:
+        if rest is not None:  # this process already initialised CUDA; restore for its children
+            if saved is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
     return "local"
 
 

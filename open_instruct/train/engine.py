@@ -308,6 +308,34 @@ class Engine:
         self.accelerator.register_for_checkpointing(self.scheduler)
         return self.model
 
+    @property
+    def zero3(self) -> bool:
+        """Whether parameters are sharded over processes (DeepSpeed ZeRO-3): models loaded while
+        this engine exists come up already sharded, and full weights must be gathered."""
+        if self.accelerator.distributed_type.name != "DEEPSPEED":
+            return False
+        zo = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        return int(zo.get("stage", 0)) == 3
+
+    def prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model that is only run forward (a reference). Under ZeRO-3 it was loaded sharded, so it
+        gets its own optimizer-less DeepSpeed engine, whose hooks gather each layer in forward; every
+        process must then run its forwards the same number of times. Elsewhere: moved to the device."""
+        model.eval()
+        model.requires_grad_(False)
+        if not self.zero3:
+            return model.to(self.device)
+        import copy
+
+        import deepspeed
+
+        ds = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        for key in ("optimizer", "scheduler"):
+            ds.pop(key, None)
+        wrapped, *_ = deepspeed.initialize(model=model, config=ds)
+        wrapped.eval()
+        return wrapped
+
     # ---- one optimizer step ------------------------------------------------------------------
     def step(self, micro_batches: list, loss_fn: Callable[[torch.nn.Module, object], LossOut]) -> dict:
         """Runs forward/backward over this process's micro-batches and one optimizer step.

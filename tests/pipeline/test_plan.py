@@ -111,6 +111,12 @@ def test_rlvr_estimate_adds_reference_value_model_and_engine():
     assert value_params * 16 < mem.learner["value model"] < value_params * 16 + 10 * GB  # + its activations
     assert mem.engine["weights"] == n * 2
     assert mem.engine["kv cache"] == P.kv_cache_bytes(arch, 8 * 2048)
+    # 7 learner processes (Tülu 3's PPO run): ZeRO-3 shards policy states, reference and value model
+    mem7 = P.estimate_memory("rlvr", cfg, arch, processes=7)
+    assert mem7.learner["reference"] == n * 2 / 7
+    states = mem7.learner["weights"] + mem7.learner["gradients"] + mem7.learner["optimizer"]
+    assert states == pytest.approx(n * 16 / 7)
+    assert mem7.learner["value model"] < mem.learner["value model"] / 4
 
 
 def test_mix_amounts_local_and_hints(tmp_path):

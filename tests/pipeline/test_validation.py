@@ -167,6 +167,33 @@ def test_rlvr_mini_batch_arithmetic(tiny_recipe, tmp_path):
         overrides=["rlvr.num_mini_batches=3"],
         contains=("stage rlvr.num_mini_batches", "does not divide"),
     )
+    # the learner over processes: each mini-batch must split evenly, on one node
+    _fails(
+        tiny_recipe(),
+        tmp_path,
+        ConfigError,
+        overrides=["rlvr.num_processes=2"],  # 32 sequences per process x 2 > the mini-batch of 32
+        contains=("stage rlvr.per_device_train_batch_size", "2 processes", "mini-batch of 32"),
+    )
+    _fails(
+        tiny_recipe(),
+        tmp_path,
+        ConfigError,
+        overrides=["rlvr.num_processes=2", "rlvr.nodes=2"],
+        contains=("stage rlvr.nodes", "one node"),
+    )
+
+
+def test_rlvr_learner_over_processes_in_the_plan(tiny_recipe, tmp_path):
+    from open_instruct import pipeline
+
+    text = pipeline.run_recipe(
+        tiny_recipe(),
+        overrides=["rlvr.num_processes=2", "rlvr.per_device_train_batch_size=8", "rlvr.deepspeed=zero3"],
+        output=str(tmp_path / "out"),
+        dry_run=True,
+    )
+    assert "mini-batch 32 sequences = 8 per process x 2 learner process(es) x 2 accumulation step(s)" in text
 
 
 def test_pipeline_owned_keys_are_refused(tiny_recipe, tmp_path):
