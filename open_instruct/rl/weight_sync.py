@@ -178,7 +178,9 @@ class NcclBroadcaster:
 
     def send(self, items, dtype=None) -> int:
         stream = torch.cuda.current_stream()
-        sent = broadcast_tensors(lambda t: self.comm.broadcast(t, src=0, stream=stream), items, dtype)
+        sent = broadcast_tensors(
+            lambda t: self.comm.broadcast(t.to(self.device), src=0, stream=stream), items, dtype
+        )
         stream.synchronize()
         return sent
 
@@ -200,7 +202,10 @@ def sync_nccl(group: RolloutGroup, weights) -> dict:
     items = named_tensors(weights)
     dtype = wire_dtype(group.cfg.dtype)
     if group._broadcaster is None:
-        group._broadcaster = NcclBroadcaster(group, items[0][1].device)
+        first = items[0][1].device
+        # ZeRO-3 gathers the full weights to CPU: they travel through the learner's current GPU
+        device = first if first.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+        group._broadcaster = NcclBroadcaster(group, device)
     plan = broadcast_plan(items, dtype)
     refs = [e.receive_broadcast.remote(plan) for e in group.engines]
     sent = group._broadcaster.send(items, dtype)
