@@ -46,7 +46,8 @@ OVERRIDES = [
     "rlvr.total_episodes=32",
     "rlvr.num_unique_prompts_rollout=4",
     "rlvr.num_samples_per_prompt_rollout=4",
-    "rlvr.per_device_train_batch_size=4",
+    "rlvr.per_device_train_batch_size=2",
+    "rlvr.num_processes=2",  # the pipeline launches the RLVR learner as 2 processes (torchrun, gloo)
     "rlvr.eval_limit=8",
     "rlvr.rollout.multiprocess_engine=false",
     "eval.limit=16",
@@ -185,6 +186,8 @@ def test_lineage_chains_parent_digests(runs):
     gsm8k = recs["rlvr"]["rewards"]["gsm8k"]
     assert gsm8k["origin"] == "builtin" and len(gsm8k["source_sha256"]) == 64
     assert recs["dpo"]["config"]["max_train_steps"] == 4
+    assert recs["rlvr"]["launch"] == {"num_processes": 2, "nodes": 1}
+    assert "rlvr: launching" in runs["log2"] and "--nproc_per_node 2" in runs["log2"]
 
 
 def test_summary_report_and_evals(runs):
