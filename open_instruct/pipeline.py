@@ -252,6 +252,16 @@ def resolve_path(value: str, recipe_dir: Path, where: str, what: str = "data fil
     raise DataError(f"{where}: {what} not found: {value} (looked in the current directory and {recipe_dir})")
 
 
+def _resolve_mix(value, dest: Path, recipe_dir: Path, where: str):
+    """A stage's data-mix value: an inline mix (dict) is written to `dest`, a path is resolved (cwd
+    first, then the recipe dir); anything else is left for the config's type check to name."""
+    if isinstance(value, dict):
+        return _materialise_inline_mix(value, dest, recipe_dir, where)
+    if isinstance(value, str):
+        return resolve_path(value, recipe_dir, where)
+    return value
+
+
 def _materialise_inline_mix(mix: dict, dest: Path, recipe_dir: Path, where: str) -> str:
     """An inline `dataset_mix: {sources: [...]}` is written to `dest` (local `path:` sources resolved
     like every data path, then made relative to `dest`) so that every stage reads a mix file."""
@@ -459,13 +469,9 @@ def load_plan(
             if value in (None, ""):
                 continue
             role = "train" if key == "dataset_mix" else key.replace("_dataset_mix", "")
-            if isinstance(value, dict):
-                data[key] = _materialise_inline_mix(
-                    value, mix_dir / f"{name}_{role}.yaml", recipe_dir, f"{sw}.{key}"
-                )
-            elif isinstance(value, str):
-                data[key] = resolve_path(value, recipe_dir, f"{sw}.{key}")
-            mixes[role] = data[key]
+            data[key] = mixes[role] = _resolve_mix(
+                value, mix_dir / f"{name}_{role}.yaml", recipe_dir, f"{sw}.{key}"
+            )
         pairs = data.get("policy_pairs")
         if typ == "dpo" and isinstance(pairs, dict):
             _resolve_pair_prompts(pairs, mixes, name, mix_dir, recipe_dir, f"{sw}.policy_pairs")
@@ -544,13 +550,9 @@ def _resolve_pair_prompts(
         value = pairs.get(key)
         if value in (None, ""):
             continue
-        if isinstance(value, dict):
-            pairs[key] = _materialise_inline_mix(
-                value, mix_dir / f"{name}_{role}.yaml", recipe_dir, f"{where}.{key}"
-            )
-        elif isinstance(value, str):
-            pairs[key] = resolve_path(value, recipe_dir, f"{where}.{key}")
-        mixes[role] = pairs[key]
+        pairs[key] = mixes[role] = _resolve_mix(
+            value, mix_dir / f"{name}_{role}.yaml", recipe_dir, f"{where}.{key}"
+        )
     if isinstance(pairs.get("reward_modules"), list):
         pairs["reward_modules"] = [
             _resolve_reward_spec(s, recipe_dir, f"{where}.reward_modules[{j}]")

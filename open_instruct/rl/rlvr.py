@@ -402,7 +402,7 @@ class RLVRRun:
         full = self.engine.full_state_dict()
         if not self.is_main:
             return None
-        return {k[len("policy.") :]: v for k, v in full.items() if k.startswith("policy.")}
+        return _submodule(full, "policy")
 
     def sync(self) -> float:
         """Sends the learner's weights to every engine. Every process must call it."""
@@ -721,19 +721,15 @@ class RLVRRun:
         full = self.engine.full_state_dict() if self._gathers_weights() else None
         if not self.is_main:
             return None
-        part = (
-            (lambda prefix: {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)})
-            if full is not None
-            else (lambda prefix: None)
-        )
         tmp = out / ".tmp-model"
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
         self.policy.model = model.policy
-        self.policy.save(tmp, state_dict=part("policy."))
+        self.policy.save(tmp, state_dict=_submodule(full, "policy") if full is not None else None)
         if model.value is not None:
-            save_value_model(model.value, self.tokenizer, out / "value_model", state_dict=part("value."))
+            value_sd = _submodule(full, "value") if full is not None else None
+            save_value_model(model.value, self.tokenizer, out / "value_model", state_dict=value_sd)
         digest = ckpt.publish_model(tmp, out)
         plot_metrics(
             out / "metrics.jsonl",
@@ -757,6 +753,12 @@ class RLVRRun:
             self.group.shutdown()
         if self.rewards is not None:
             self.rewards.close()
+
+
+def _submodule(state_dict: dict, name: str) -> dict:
+    """The entries of ActorCritic's `name` part ("policy" / "value"), without the prefix."""
+    prefix = name + "."
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def run_rlvr(cfg: RLVRConfig) -> Path:
