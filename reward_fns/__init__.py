@@ -10,6 +10,8 @@ that contains failures (errors, hangs, junk, memory) so they cost one sample's s
         batch = runner.score(completions, ground_truths, datasets)   # datasets pick the verifier per row
         batch.scores, batch.metrics()
 
+    label_problem("gsm8k", {"answer": 5})   # -> "expected a number, got a dict" (None: usable)
+
 Importing this package is quick and does not import torch, sympy/math-verify or langdetect (those
 load on first use). See docs/rewards.md.
 """
@@ -17,7 +19,7 @@ load on first use). See docs/rewards.md.
 from . import code_reward, gsm8k, ifeval, math_reward, max_length, text_match  # noqa: F401  (register built-ins)
 from .errors import RewardError, RewardInputError, UnknownRewardError
 from .outcome import Outcome
-from .registry import RewardResult, RewardSpec, get_reward, get_spec, list_rewards, register
+from .registry import RewardResult, RewardSpec, get_reward, get_spec, label_problem, list_rewards, register
 from .runner import RewardRunner, ScoreBatch, VerifierStats
 from .user_rewards import load_user_rewards
 
@@ -33,6 +35,7 @@ __all__ = [
     "VerifierStats",
     "get_reward",
     "get_spec",
+    "label_problem",
     "list_rewards",
     "load_user_rewards",
     "register",

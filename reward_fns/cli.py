@@ -47,7 +47,9 @@ def add_rewards_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument(
         "--timeout", type=float, default=10.0, help="per-sample time limit in seconds (default 10)"
     )
-    sp.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 2)")
+    sp.add_argument(
+        "--workers", type=int, default=None, help="worker processes, at least 1 (default: up to 2)"
+    )
     sp.set_defaults(func=score_command)
 
     cp = sub.add_parser("check", help="run a reward on golden cases plus adversarial probes and report")
@@ -82,7 +84,8 @@ def list_command(args: argparse.Namespace) -> int:
     rows = registry.list_rewards()
     width = max(len(name) for name, _ in rows)
     for name, description in rows:
-        print(f"{name:<{width}}  {description or '(no description)'}")
+        labels = registry.get_spec(name).label_types or "any (not declared)"
+        print(f"{name:<{width}}  {description or '(no description)'}  [label: {labels}]")
     return 0
 
 
@@ -118,7 +121,33 @@ def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
     return rows
 
 
+def _check_timeout(value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise RewardInputError(f"--timeout must be a positive number of seconds, got {value:g}")
+
+
+def check_labels(path: str, rows: list[dict[str, Any]], names: list[str]) -> None:
+    """Raise one line naming the file, line and verifier of the first label its verifier cannot use
+    (and how many more there are), before anything is scored."""
+    bad = []
+    for row, name in zip(rows, names):
+        problem = registry.get_spec(name).label_problem(row["ground_truth"])
+        if problem is not None:
+            bad.append((row["_line"], registry.canonical_name(name), problem))
+    if bad:
+        line, name, problem = bad[0]
+        more = (
+            f" (and {len(bad) - 1} more line{'s' if len(bad) > 2 else ''} with unusable labels)"
+            if len(bad) > 1
+            else ""
+        )
+        raise RewardInputError(f"{path} line {line}: ground_truth for verifier {name!r}: {problem}{more}")
+
+
 def score_command(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise RewardInputError(f"--workers must be at least 1, got {args.workers}")
+    _check_timeout(args.timeout)
     for spec in args.reward_module:
         load_extra(spec)
     rows = read_jsonl(args.input, ("completion", "ground_truth", "dataset"))
@@ -129,6 +158,7 @@ def score_command(args: argparse.Namespace) -> int:
                 f"{args.input} line {row['_line']}: no reward registered for dataset "
                 f"{row['dataset']!r}; known rewards: {', '.join(sorted(known))}"
             )
+    check_labels(args.input, rows, [row["dataset"] for row in rows])
     with RewardRunner(timeout_s=args.timeout, num_workers=args.workers) as runner:
         chunk = 512
         totals: dict[str, list[float]] = {}
@@ -177,6 +207,7 @@ def _p95(values: list[float]) -> float:
 
 
 def check_command(args: argparse.Namespace) -> int:
+    _check_timeout(args.timeout)
     for spec in args.reward_module:
         load_extra(spec)
     spec = registry.get_spec(args.name)
@@ -187,6 +218,7 @@ def check_command(args: argparse.Namespace) -> int:
     for c in cases:
         if isinstance(c["expected"], bool) or not isinstance(c["expected"], (int, float)):
             raise RewardInputError(f"{path} line {c['_line']}: expected must be a number")
+    check_labels(path, cases, [spec.name] * len(cases))
     probes = _probes(cases[0]["ground_truth"])
     completions = [c["completion"] for c in cases] + [p[1] for p in probes]
     labels = [c["ground_truth"] for c in cases] + [cases[0]["ground_truth"]] * len(probes)

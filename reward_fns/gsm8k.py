@@ -3,7 +3,10 @@
 Rules (Tülu 3): thousands separators are dropped (``1,234`` -> 1234, but ``1,2,3`` stays a list), the
 last number in the answer text is taken (``$1,234.`` -> 1234, ``1,234.00`` -> 1234.0, ``-7`` -> -7; a
 trailing period is punctuation, not a decimal point), and it is compared numerically with the label
-(``"72"``, ``72``, ``"#### 72"`` or ``"$1,000"``). A hyphen counts as a minus sign only when it does not
+(``"72"``, ``72``, ``"#### 72"`` or ``"$1,000"``). A label must be a number: an int/float, or a string
+that is one once thousands separators, a ``$`` and a trailing period are dropped (after GSM8K's
+``####`` when present); anything else (a dict, ``"forty-two"``, ``"1/2"``) is a label error, never a
+silent 0. A hyphen counts as a minus sign only when it does not
 follow a letter or digit, so ``pages 3-5`` ends in 5, not -5.
 """
 
@@ -13,11 +16,14 @@ import math
 import re
 
 from .answer_text import answer_text, last_match
+from .labels import from_parser, is_number, json_container, kind
 from .registry import RewardResult, register
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = re.compile(r"(?:(?<![0-9A-Za-z_])-)?\d+(?:\.\d+)?")
 _MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\uff0d": "-"})
+_LABEL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+LABEL_TYPES = 'a number: int, float, or a string holding only one ("72", "1,234", "$10", "... #### 72")'
 
 
 def last_number(text: str) -> str | None:
@@ -28,20 +34,28 @@ def last_number(text: str) -> str | None:
 
 
 def label_number(label) -> float:
-    """The label's number; GSM8K's own ``#### N`` answer format is accepted too."""
-    if isinstance(label, bool):
-        raise ValueError("gsm8k label must be a number, got a boolean")
-    if isinstance(label, (int, float)):
+    """The label's number; GSM8K's own ``... #### N`` answer format is accepted too. Raises ValueError
+    (the reason) for anything that is not a number: comparing the answer against the last number
+    found in, say, a dict's repr would score silently and wrongly."""
+    if is_number(label):
+        if not math.isfinite(label):
+            raise ValueError(f"expected a finite number, got {label}")
         return float(label)
     if isinstance(label, (list, tuple)) and len(label) == 1:
         return label_number(label[0])
-    text = str(label)
-    if "####" in text:
-        text = text.rsplit("####", 1)[1]
-    found = last_number(text)
-    if found is None:
-        raise ValueError(f"gsm8k label {str(label)[:60]!r} holds no number")
-    return float(found)
+    if not isinstance(label, str):
+        raise ValueError(f"expected a number, got {kind(label)}")
+    decoded = json_container(label)
+    if isinstance(decoded, list) and len(decoded) == 1:
+        return label_number(decoded[0])  # a one-element list that travelled as JSON text
+    text = label.rsplit("####", 1)[-1] if "####" in label else label
+    text = _THOUSANDS.sub("", text.translate(_MINUS_SIGNS)).replace("$", "").strip().rstrip(".").strip()
+    if not _LABEL.fullmatch(text):
+        if decoded is not None:
+            raise ValueError(f"expected a number, got {kind(label)}")
+        why = "which holds no number" if last_number(text) is None else "which is not a single number"
+        raise ValueError(f"expected a number, got {kind(label)}, {why}")
+    return float(text)
 
 
 def numbers_equal(a: float, b: float) -> bool:
@@ -52,6 +66,8 @@ def numbers_equal(a: float, b: float) -> bool:
     "gsm8k",
     description="GSM8K: last number in the answer (commas dropped) equals the label numerically",
     in_process=True,
+    label_types=LABEL_TYPES,
+    check_label=from_parser(label_number),
 )
 def gsm8k_reward(completion: str, ground_truth) -> RewardResult:
     gold = label_number(ground_truth)

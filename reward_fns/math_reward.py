@@ -12,27 +12,56 @@
    disabled (``parsing_timeout=None``, ``timeout_seconds=None``) and the runner enforces the time
    limit by running this step in a worker process it can kill.
 
-The label may be a string, a number, or a list of acceptable answers (any match scores 1).
+The label may be a non-empty string, a number, or a non-empty list of those (any match scores 1); a
+JSON list of strings in a string is such a list (``"[1, 2]"``, with numbers, stays an interval).
+Anything else (a dict, None, an empty string) is a label error: its ``str()`` would be compared as
+if it were an answer, a silent 0.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 
 from .answer_text import answer_text
+from .labels import from_parser, is_number, json_container, kind
 from .math_extract import MAX_ANSWER_CHARS, extract_math_answer
 from .math_normalize import fast_equal
 from .registry import RewardResult, register
 
 # The whole answer is used as the answer only when it is this short (a bare "42").
 _WHOLE_TEXT_MAX = 40
+LABEL_TYPES = "an answer: a non-empty string or a number, or a non-empty list of them"
+
+
+def _one_label(label, where: str = "") -> str:
+    if isinstance(label, str):
+        if not label.strip():
+            raise ValueError(f"expected a non-empty answer string{where}, got an empty string")
+        if isinstance(json_container(label), dict):  # an object that travelled as JSON text
+            raise ValueError(f"expected an answer string or number{where}, got a JSON object")
+        return label
+    if is_number(label):
+        if not math.isfinite(label):
+            raise ValueError(f"expected a finite number{where}, got {label}")
+        return str(label)
+    raise ValueError(f"expected an answer string or number{where}, got {kind(label)}")
 
 
 def _labels(ground_truth) -> list[str]:
+    """The acceptable answers; ValueError (the reason) for a label that is not one."""
+    if isinstance(ground_truth, str):
+        decoded = json_container(ground_truth)
+        # A list of answers that travelled as JSON text (open_instruct stores labels as text). Only a
+        # list of strings: "[1, 2]" is an interval, an answer in its own right.
+        if isinstance(decoded, list) and decoded and all(isinstance(g, str) for g in decoded):
+            ground_truth = decoded
     if isinstance(ground_truth, (list, tuple)):
-        return [str(g) for g in ground_truth]
-    return [str(ground_truth)]
+        if not ground_truth:
+            raise ValueError("expected an answer or a list of answers, got an empty list")
+        return [_one_label(g, f" in list item {i + 1}") for i, g in enumerate(ground_truth)]
+    return [_one_label(ground_truth)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,11 +112,12 @@ def _candidates(completion: str, strict: bool) -> tuple[str | None, str]:
 
 def _decide_fast(completion: str, ground_truth, strict: bool):
     """(result or None if undecided, answer, how)."""
+    golds = _labels(ground_truth)  # a bad label is an error even when the completion has no answer
     answer, how = _candidates(completion, strict)
     if answer is None:
         return RewardResult(0.0, {"extracted": None, "how": how}), None, how
     undecided = False
-    for gold in _labels(ground_truth):
+    for gold in golds:
         verdict = fast_equal(answer, gold)
         if verdict:
             return RewardResult(1.0, {"extracted": answer, "how": how, "by": "string"}), answer, how
@@ -126,6 +156,8 @@ def strict_math_fast_path(completion: str, ground_truth) -> RewardResult | None:
     "symbolically equal (math-verify) to the label",
     fast_path=math_fast_path,
     warmup=warmup,
+    label_types=LABEL_TYPES,
+    check_label=from_parser(_labels),
 )
 def math_reward(completion: str, ground_truth) -> RewardResult:
     return _score(completion, ground_truth, strict=False)
@@ -136,6 +168,8 @@ def math_reward(completion: str, ground_truth) -> RewardResult:
     description="MATH, answer only from 'Final Answer: The final answer is X. I hope it is correct.'",
     fast_path=strict_math_fast_path,
     warmup=warmup,
+    label_types=LABEL_TYPES,
+    check_label=from_parser(_labels),
 )
 def strict_math_reward(completion: str, ground_truth) -> RewardResult:
     return _score(completion, ground_truth, strict=True)

@@ -13,11 +13,17 @@ token ids, whitespace-separated words are counted instead and the metadata says 
 from __future__ import annotations
 
 import json
+import math
 
+from .labels import from_parser, is_number, kind
 from .registry import RewardResult, register
 
 _UNITS = ("tokens", "words", "chars")
 _MODES = ("max", "target")
+LABEL_TYPES = (
+    'a length N >= 1, or {"max_length": N, "unit": "tokens"|"words"|"chars", "mode": "max"|"target"} '
+    "(also as a JSON string)"
+)
 
 
 def parse_length_label(label) -> tuple[int, str, str]:
@@ -32,8 +38,10 @@ def parse_length_label(label) -> tuple[int, str, str]:
         unit = str(label.get("unit") or "tokens").lower()
         mode = str(label.get("mode") or "max").lower()
         label = label.get("max_length", label.get("target"))
-    if isinstance(label, bool) or not isinstance(label, (int, float)) or label <= 0:
-        raise ValueError(f"max_length label needs a positive length, got {label!r}")
+    # N below 1 truncates to 0, and the score divides by N.
+    if not is_number(label) or not math.isfinite(label) or label < 1:
+        shown = repr(label) if is_number(label) else kind(label)
+        raise ValueError(f"max_length label needs a length of at least 1, got {shown}")
     if unit not in _UNITS:
         raise ValueError(f"max_length unit {unit!r} is not one of {', '.join(_UNITS)}")
     if mode not in _MODES:
@@ -45,6 +53,8 @@ def parse_length_label(label) -> tuple[int, str, str]:
     "max_length",
     description="1 within a length budget (label N tokens), falling linearly to 0 at 2N",
     in_process=True,
+    label_types=LABEL_TYPES,
+    check_label=from_parser(parse_length_label),
 )
 def max_length_reward(completion: str, ground_truth, token_ids: list[int] | None = None) -> RewardResult:
     limit, unit, mode = parse_length_label(ground_truth)

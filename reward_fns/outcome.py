@@ -7,6 +7,8 @@ instead of as a silent run of zeros:
 * ``timeout``  it ran past its time limit and its worker was killed
 * ``junk``     it returned something that is not a finite number (a string, a list, NaN, inf ...)
 * ``no_score`` it returned None: TRL's convention for "this reward does not apply to this sample"
+* ``label_error`` the sample's label is not one the verifier accepts (``RewardSpec.label_problem``);
+  the reward is not called: the problem is the data, not the completion
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from .registry import RewardResult
 
 OK, ERROR, TIMEOUT, JUNK, NO_SCORE = "ok", "error", "timeout", "junk", "no_score"
+LABEL_ERROR = "label_error"
 
 
 @dataclass

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UnknownRewardError
+from .labels import run_checker, user_declaration
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class RewardSpec:
         slow first-call set-up does not count against the first sample's timeout.
     timeout_s: the time this reward needs per sample, when it is more than the runner's default
         (``code`` runs a sandbox with its own wall-time limit).
+    label_types: what labels (``ground_truth``) it accepts, in words (messages, ``rewards list``); None
+        when a user reward declares nothing (then any label is accepted).
+    check_label: ``check_label(ground_truth)`` -> None when the verifier can use the label, else a
+        short reason (see ``labels.run_checker`` for the forms a user's checker may return).
     origin: "builtin", or the user spec (``file.py:fn`` / ``pkg.mod:fn`` / ``file.py``) that a worker
         process loads to get the same function; None when it was registered from code a worker cannot
         re-import (then it runs in-process, see ``RewardRunner``).
@@ -65,6 +70,14 @@ class RewardSpec:
     warmup: Callable[[], Any] | None = None
     timeout_s: float | None = None
     origin: str | None = None
+    label_types: str | None = None
+    check_label: Callable[[Any], Any] | None = None
+
+    def label_problem(self, ground_truth: Any) -> str | None:
+        """None when this reward can use ``ground_truth``, else a one-line reason (no location)."""
+        if self.check_label is None:
+            return None
+        return run_checker(self.check_label, ground_truth, self.label_types)
 
     def call_one(
         self,
@@ -163,12 +176,18 @@ def add_reward(
     warmup: Callable[[], Any] | None = None,
     timeout_s: float | None = None,
     origin: str | None = None,
+    label_types: Any = None,
+    check_label: Callable[[Any], Any] | None = None,
 ) -> RewardSpec:
-    """Register ``fn`` under ``name`` (the non-decorator form of :func:`register`)."""
+    """Register ``fn`` under ``name`` (the non-decorator form of :func:`register`).
+
+    ``label_types``/``check_label`` default to the function's attributes of the same names; see
+    ``labels.user_declaration``. A reward that declares neither accepts any label."""
     key = canonical_name(name)
     if not key:
         raise UnknownRewardError("reward name must not be empty")
     batched, passes = describe_signature(fn)
+    label_text, checker = user_declaration(key, fn, label_types, check_label)
     if description is None:
         doc = inspect.getdoc(fn) or ""
         description = doc.strip().splitlines()[0] if doc.strip() else ""
@@ -185,6 +204,8 @@ def add_reward(
         warmup=warmup,
         timeout_s=timeout_s,
         origin=origin,
+        label_types=label_text,
+        check_label=checker,
     )
     old = _REGISTRY.get(key)
     if (
@@ -205,12 +226,15 @@ def register(
     fast_path: Callable[..., Any] | None = None,
     warmup: Callable[[], Any] | None = None,
     timeout_s: float | None = None,
+    label_types: Any = None,
+    check_label: Callable[[Any], Any] | None = None,
 ):
     """Decorator: ``@register("gsm8k", description="...")`` registers a function or class instance.
 
     A decorated class is instantiated once with no arguments (its ``__call__`` is the reward).
     The description defaults to the first line of the docstring. ``in_process``/``fast_path``/``warmup``/
-    ``timeout_s`` are mostly for built-ins; see :class:`RewardSpec`.
+    ``timeout_s`` are mostly for built-ins; see :class:`RewardSpec`. ``label_types``/``check_label``
+    declare the accepted labels (as the function attributes of the same names would).
     """
 
     def decorate(obj):
@@ -223,6 +247,8 @@ def register(
             fast_path=fast_path,
             warmup=warmup,
             timeout_s=timeout_s,
+            label_types=label_types,
+            check_label=check_label,
         )
         return obj
 
@@ -241,6 +267,13 @@ def get_spec(name: str) -> RewardSpec:
 def get_reward(name: str) -> Callable[..., Any]:
     """The function registered under ``name`` (case-insensitive); UnknownRewardError lists known names."""
     return get_spec(name).fn
+
+
+def label_problem(name: str, ground_truth: Any) -> str | None:
+    """None when the reward registered as ``name`` (case-insensitive) can use ``ground_truth``, else a
+    short one-line reason such as "expected a number, got a dict" (no file/line: callers add those).
+    An unknown name raises UnknownRewardError; a user reward that declares no labels accepts any."""
+    return get_spec(name).label_problem(ground_truth)
 
 
 def list_rewards() -> list[tuple[str, str]]:

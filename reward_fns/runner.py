@@ -1,5 +1,9 @@
 """``RewardRunner``: score a batch with the right verifier per row, containing every failure.
 
+Labels are checked first: a sample whose label its verifier does not accept (``label_problem``) is
+not scored; it gets 0 with status ``label_error``, counted apart (``reward/<name>/label_errors``) and
+logged, so a wrong-type label never passes for a plain 0. The rest of the batch is scored.
+
 Guarantees, per sample: a reward that raises, runs past its time limit, returns a non-number (or
 NaN/inf), or allocates past the memory limit scores 0 for that sample only; the failure is counted by
 kind in the batch's per-verifier stats (``ScoreBatch.stats``/``metrics()``), the first message is kept,
@@ -37,7 +41,7 @@ from typing import Any
 
 from . import registry
 from .errors import RewardInputError, UnknownRewardError
-from .outcome import ERROR, JUNK, NO_SCORE, OK, TIMEOUT, Outcome, error_outcome, interpret
+from .outcome import ERROR, JUNK, LABEL_ERROR, NO_SCORE, OK, TIMEOUT, Outcome, error_outcome, interpret
 from .user_rewards import load_extra
 
 log = logging.getLogger(__name__)
@@ -57,8 +61,10 @@ class VerifierStats:
     timeouts: int = 0
     junk: int = 0
     no_score: int = 0
+    label_errors: int = 0
     seconds: float = 0.0
     first_error: str | None = None
+    first_label_error: str | None = None
 
     @property
     def mean(self) -> float:
@@ -70,7 +76,7 @@ class VerifierStats:
 
     @property
     def failures(self) -> int:
-        return self.errors + self.timeouts + self.junk
+        return self.errors + self.timeouts + self.junk + self.label_errors
 
     def add(self, outcome: Outcome) -> None:
         self.count += 1
@@ -85,7 +91,11 @@ class VerifierStats:
             self.junk += 1
         elif outcome.status == NO_SCORE:
             self.no_score += 1
-        if outcome.status in (ERROR, TIMEOUT, JUNK) and self.first_error is None:
+        elif outcome.status == LABEL_ERROR:
+            self.label_errors += 1
+            if self.first_label_error is None:
+                self.first_label_error = outcome.message
+        if outcome.status in (ERROR, TIMEOUT, JUNK, LABEL_ERROR) and self.first_error is None:
             self.first_error = f"{outcome.status}: {outcome.message}"
 
 
@@ -95,14 +105,14 @@ class ScoreBatch:
 
     scores: list[float]
     metadata: list[dict[str, Any]]
-    statuses: list[str]  # ok | error | timeout | junk | no_score, per sample
+    statuses: list[str]  # ok | error | timeout | junk | no_score | label_error, per sample
     messages: list[str | None]
     seconds: list[float]  # time spent scoring each sample
     stats: dict[str, VerifierStats] = field(default_factory=dict)
 
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
         """Flat metrics for metrics.jsonl: ``{prefix}/{verifier}/{mean,accuracy,count,errors,timeouts,
-        junk,no_score,latency_ms}`` plus the same over all verifiers as ``{prefix}/all/...``."""
+        junk,no_score,label_errors,latency_ms}`` plus the same over all verifiers as ``{prefix}/all/...``."""
         out: dict[str, float] = {}
         total = VerifierStats()
         for name, st in sorted(self.stats.items()):
@@ -115,6 +125,7 @@ class ScoreBatch:
                 "timeouts",
                 "junk",
                 "no_score",
+                "label_errors",
                 "seconds",
             ):
                 setattr(total, f, getattr(total, f) + getattr(st, f))
@@ -132,6 +143,7 @@ def _stat_metrics(key: str, st: VerifierStats) -> dict[str, float]:
         f"{key}/timeouts": st.timeouts,
         f"{key}/junk": st.junk,
         f"{key}/no_score": st.no_score,
+        f"{key}/label_errors": st.label_errors,
         f"{key}/latency_ms": 1000.0 * st.seconds / st.count if st.count else 0.0,
     }
 
@@ -224,8 +236,15 @@ class RewardRunner:
                 raise RuntimeError("RewardRunner is closed")
             outcomes: list[Outcome | None] = [None] * n
             contained: dict[str, list[tuple]] = {}
+            label_checks: dict[tuple[str, str], str | None] = {}
             for i in range(n):
                 spec = specs[i]
+                problem = _label_problem(spec, ground_truths[i], label_checks)
+                if problem is not None:
+                    outcomes[i] = Outcome(
+                        LABEL_ERROR, message=f"label not usable by {spec.name!r}: {problem}"
+                    )
+                    continue
                 args = (completions[i], ground_truths[i], prompts[i], token_ids[i])
                 if spec.in_process or self.num_workers == 0 or spec.origin is None:
                     if (
@@ -497,18 +516,43 @@ class RewardRunner:
 
     def _warn_failures(self, batch: ScoreBatch) -> None:
         for name, st in batch.stats.items():
-            if st.count >= 2 and st.failures > self.warn_failure_fraction * st.count:
+            if st.label_errors:
+                # Always worth a warning: a bad label is a data problem no amount of training fixes.
+                log.warning(
+                    "REWARD %r: %d OF %d LABELS ARE NOT USABLE; those samples score 0 (status label_error). "
+                    "First: %s",
+                    name,
+                    st.label_errors,
+                    st.count,
+                    st.first_label_error,
+                )
+            failed = st.errors + st.timeouts + st.junk  # the reward's own failures
+            if st.count >= 2 and failed > self.warn_failure_fraction * st.count:
                 log.warning(
                     "REWARD %r FAILED ON %d OF %d SAMPLES (errors %d, timeouts %d, junk %d); they score 0. "
                     "First: %s",
                     name,
-                    st.failures,
+                    failed,
                     st.count,
                     st.errors,
                     st.timeouts,
                     st.junk,
                     st.first_error,
                 )
+
+
+def _label_problem(
+    spec: registry.RewardSpec, label: Any, seen: dict[tuple[str, str], str | None]
+) -> str | None:
+    if spec.check_label is None:
+        return None
+    if not isinstance(label, str):
+        return spec.label_problem(label)
+    # GRPO scores several completions per label: check each distinct string label once per batch.
+    key = (spec.name, label)
+    if key not in seen:
+        seen[key] = spec.label_problem(label)
+    return seen[key]
 
 
 def _call_here(spec: registry.RewardSpec, completion, ground_truth, prompt, token_ids) -> Outcome:

@@ -148,7 +148,7 @@ def load_user_rewards(spec: str, name: str | None = None) -> list[str]:
     reg_name = name or attr
     try:
         registry.add_reward(reg_name, fn, origin=f"{origin_target}:{attr}")
-    except TypeError as e:
+    except (TypeError, RewardError) as e:  # a bad signature or label declaration, named by its spec
         raise RewardError(f"{target}:{attr}: {e}") from e
     return sorted(set(changed) | {registry.canonical_name(reg_name)})
 

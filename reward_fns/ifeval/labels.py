@@ -9,6 +9,11 @@ Accepted (as a dict or as its JSON / Python-repr string):
 
 Null-valued arguments are dropped. The result is cached per label string because GRPO scores many
 completions against the same label.
+
+``label_reason`` is the check before scoring: the label parses, names known functions / ids, has
+every argument the check needs (a prompt argument may come from the row's prompt instead), and its
+arguments are usable (each check is run once on a probe text, so ``N: "many"`` or an unknown
+quantifier is caught here instead of failing every sample).
 """
 
 from __future__ import annotations
@@ -20,8 +25,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..labels import kind, one_line
 from .instructions import INSTRUCTIONS
 from .tulu_functions import FUNCTIONS
+
+LABEL_TYPES = (
+    'Tülu 3 {"func_name": ...} or IFEval {"instruction_id": [...], "kwargs": [...]} (or a list of them), '
+    "as an object or its JSON/Python-repr string; known func names / instruction ids only"
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,10 @@ def _constraints(obj) -> list[Constraint]:
             out.extend(_constraints(item))
         return out
     if not isinstance(obj, dict):
-        raise ValueError(f"ifeval label must be an object or a list of objects, got {type(obj).__name__}")
+        raise ValueError(
+            "expected a {func_name, ...} or {instruction_id, kwargs} object (or a list of them), "
+            f"got {kind(obj)}"
+        )
     if "func_name" in obj:
         name = str(obj["func_name"])
         fn = FUNCTIONS.get(name)
@@ -77,12 +91,17 @@ def _constraints(obj) -> list[Constraint]:
         return [Constraint(name, fn, _clean_kwargs(fn, args, name))]
     if "instruction_id" in obj:
         ids = obj["instruction_id"]
-        ids = [ids] if isinstance(ids, str) else list(ids)
+        if isinstance(ids, str):
+            ids = [ids]
+        if not isinstance(ids, (list, tuple)):
+            raise ValueError(f"instruction_id must be a list of ids, got {kind(ids)}")
         kwargs_list = obj.get("kwargs")
         if kwargs_list is None:
             kwargs_list = [{}] * len(ids)
         elif isinstance(kwargs_list, dict):
             kwargs_list = [kwargs_list]
+        if not isinstance(kwargs_list, (list, tuple)):
+            raise ValueError(f"kwargs must be a list of objects, got {kind(kwargs_list)}")
         if len(kwargs_list) != len(ids):
             raise ValueError(
                 f"ifeval label has {len(ids)} instruction ids but {len(kwargs_list)} kwargs objects"
@@ -116,3 +135,53 @@ def prompt_params(fn) -> tuple[str, ...]:
 
 def params(fn) -> tuple[str, ...]:
     return _PARAMS[fn]
+
+
+# These checks call langdetect (a slow first load); their one argument is checked by type instead.
+_LANGUAGE_CHECKS = ("validate_response_language", "language:response_language")
+_PROBE = "1"  # no letters: the case checks stop before langdetect, the others still read their args
+
+
+def _check_constraint(c: Constraint) -> None:
+    kwargs = dict(c.kwargs)
+    from_prompt = prompt_params(c.check)
+    missing = [p for p in params(c.check) if p not in kwargs and p not in from_prompt]
+    if missing:
+        raise ValueError(f"{c.name}: label is missing {', '.join(missing)}")
+    if c.name in _LANGUAGE_CHECKS:
+        language = kwargs.get("language")
+        if not isinstance(language, str) or not language.strip():
+            raise ValueError(f"{c.name}: language must be an ISO 639-1 code, got {kind(language)}")
+        return
+    for p in from_prompt:
+        kwargs.setdefault(p, _PROBE)
+    try:
+        c.check(_PROBE, **kwargs)
+    except Exception as e:  # noqa: BLE001 - an argument the check cannot use, whatever it raised
+        raise ValueError(f"{c.name}: {one_line(str(e), 120) or type(e).__name__}") from None
+
+
+def _reason(label) -> str | None:
+    try:
+        for c in parse_if_label(label):
+            _check_constraint(c)
+    except (ValueError, TypeError) as e:
+        return one_line(str(e)) or type(e).__name__
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _reason_cached(text: str) -> str | None:
+    return _reason(text)
+
+
+def label_reason(label) -> str | None:
+    """None when ``ifeval`` can score against ``label``, else a one-line reason."""
+    if isinstance(label, str):
+        return _reason_cached(label)
+    if not isinstance(label, (dict, list, tuple)):
+        return (
+            "expected a {func_name, ...} or {instruction_id, kwargs} object (or a list of them, or its "
+            f"JSON string), got {kind(label)}"
+        )
+    return _reason(label)

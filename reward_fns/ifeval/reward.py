@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..answer_text import answer_text
 from ..registry import RewardResult, register
-from .labels import Constraint, params, parse_if_label, prompt_params
+from .labels import LABEL_TYPES, Constraint, label_reason, params, parse_if_label, prompt_params
 from .text_units import warmup
 
 
@@ -51,6 +51,8 @@ def score_constraints(completion: str, ground_truth, prompt: str | None, loose: 
     "func_name or IFEval instruction_id labels)",
     in_process=True,
     warmup=warmup,
+    label_types=LABEL_TYPES,
+    check_label=label_reason,
 )
 def ifeval_reward(completion: str, ground_truth, prompt: str | None = None) -> RewardResult:
     return score_constraints(completion, ground_truth, prompt, loose=False)
@@ -61,6 +63,8 @@ def ifeval_reward(completion: str, ground_truth, prompt: str | None = None) -> R
     description="ifeval with IFEval's loose matching (first/last line and '*' removed variants)",
     in_process=True,
     warmup=warmup,
+    label_types=LABEL_TYPES,
+    check_label=label_reason,
 )
 def ifeval_loose_reward(completion: str, ground_truth, prompt: str | None = None) -> RewardResult:
     return score_constraints(completion, ground_truth, prompt, loose=True)

@@ -38,7 +38,12 @@ def test_score_adds_a_score_field(tmp_path, capsys):
         [
             {"completion": "The answer is 72.", "ground_truth": "72", "dataset": "gsm8k", "id": 1},
             {"completion": "\\boxed{\\frac12}", "ground_truth": "0.5", "dataset": "MATH", "id": 2},
-            {"completion": "hello", "ground_truth": "{not json", "dataset": "ifeval", "id": 3},
+            {
+                "completion": "hello, world",
+                "ground_truth": '{"func_name": "validate_no_commas"}',
+                "dataset": "ifeval",
+                "id": 3,
+            },
         ],
     )
     assert run(["score", "--input", str(path)]) == 0
@@ -46,8 +51,24 @@ def test_score_adds_a_score_field(tmp_path, capsys):
     rows = [json.loads(line) for line in captured.out.strip().splitlines()]
     assert [r["id"] for r in rows] == [1, 2, 3]
     assert [r["score"] for r in rows] == [1.0, 1.0, 0.0]
-    assert rows[2]["score_status"] == "error"
+    assert all("score_status" not in r for r in rows)
     assert "gsm8k: 1 scored" in captured.err
+
+
+def test_score_marks_a_failing_reward(tmp_path, capsys, user_reward_file, clean_registry):
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"completion": "ok", "ground_truth": "", "dataset": "raising"},
+            {"completion": "boom", "ground_truth": "", "dataset": "raising"},
+        ],
+    )
+    assert run(["score", "--input", str(path), "--reward-module", f"{user_reward_file}:raising"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [r["score"] for r in rows] == [1.0, 0.0]
+    assert rows[1]["score_status"] == "error" and "kaboom" in rows[1]["score_error"]
+    assert "raising: 2 scored, mean 0.500, 1 failed" in captured.err
 
 
 @pytest.mark.parametrize(

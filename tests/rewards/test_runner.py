@@ -152,8 +152,8 @@ def test_bad_inputs(runner):
 
 def test_builtin_label_errors_are_counted_not_raised(runner):
     batch = runner.score(["42", "x"], ["no number here", "{not json"], ["gsm8k", "ifeval"])
-    assert batch.statuses == ["error", "error"]
-    assert batch.stats["gsm8k"].errors == 1
+    assert batch.statuses == ["label_error", "label_error"]
+    assert batch.stats["gsm8k"].label_errors == 1 and batch.stats["gsm8k"].errors == 0
 
 
 def test_in_process_mode_still_contains_exceptions(user_reward_file, clean_registry):

@@ -57,9 +57,10 @@ def nothing_outside_scratch_changes():
     assert snapshot() == before
 
 
-def score_hostile(source: str, tests=("assert True",)) -> tuple[float, float, dict]:
+def score_hostile(source: str, tests=("assert ran",)) -> tuple[float, float, dict]:
+    """The default test passes exactly when the hostile source runs to its end (`ran` is set last)."""
     start = time.monotonic()
-    result = code(block(source), list(tests))
+    result = code(block(source + "\nran = True"), list(tests))
     return result.score, time.monotonic() - start, result.metadata
 
 
@@ -97,7 +98,8 @@ def test_last_python_block_is_used():
     text = "```python\ndef f():\n    return 1\n```\nbetter:\n```python\ndef f():\n    return 2\n```"
     assert code(text, ["assert f() == 2"]).score == 1.0
     assert last_python_block("no code") is None
-    assert code("no code at all", ["assert True"]).score == 0.0
+    result = code("no code at all", ["assert 'f' not in dir()"])
+    assert result.score == 0.0 and result.metadata["error"] == "no ```python block"
 
 
 def test_infinite_loop_is_stopped():
@@ -233,8 +235,8 @@ def test_measures_report():
 @pytest.mark.parametrize(
     "label,mode,n",
     [
-        (["assert 1", "assert 2"], "asserts", 2),
-        ('["assert 1"]', "asserts", 1),
+        (["assert f(1) == 1", "assert f(2) == 2"], "asserts", 2),
+        ('["assert f(1) == 1"]', "asserts", 1),
         ("assert f(1) == 2", "asserts", 1),
         ({"inputs": ["1"], "outputs": ["1"]}, "stdio", 1),
         ([{"input": "1", "output": "2"}], "stdio", 1),
