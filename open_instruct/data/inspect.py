@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Callable
 
 from .rows import KINDS
 
@@ -55,20 +56,37 @@ def inspect_mix(
     max_prompt_length: int = 2048,
     color: bool = False,
     example: int = 0,
+    known_verifier: Callable[[str], bool] | None = None,
+    label_check: Callable[[str, str], str | None] | None = None,
 ) -> str:
-    """The report as text (also used by tests)."""
+    """The report as text (also used by tests).
+
+    `known_verifier(name)` (rlvr) tells whether a `dataset` value names a verifier; names it
+    rejects are flagged in the report. `label_check` is passed to `load_mix`."""
     from .mixes import load_mix
     from .tokenize import tokenize_data
 
-    mix = load_mix(mix_path, kind=kind)
+    mix = load_mix(mix_path, kind=kind, label_check=label_check)
     lines = [
         f"mix: {mix_path}  (kind {mix.kind}, {len(mix.dataset)} rows, content hash {mix.content_hash[:16]})",
         "sources:",
     ]
     for s in mix.sources:
-        lines.append(f"  {s.name}: {s.rows} rows read, {s.dropped} dropped, {s.selected} in the mix")
+        trimmed = f", {s.trimmed} trimmed to the prompt" if s.trimmed else ""
+        lines.append(f"  {s.name}: {s.rows} rows read, {s.dropped} dropped{trimmed}, {s.selected} in the mix")
         if s.first_problem:
             lines.append(f"    first dropped: {s.first_problem}")
+        if s.first_trimmed:
+            lines.append(f"    first trimmed: {s.first_trimmed}")
+    if mix.kind == "rlvr" and known_verifier is not None:
+        # Counted over the whole mix, before the length limit drops any prompt.
+        names = Counter(mix.dataset["dataset"])
+        unknown = {k: v for k, v in names.items() if not known_verifier(k)}
+        if unknown:
+            lines.append(
+                "WARNING: dataset values that name no verifier (these rows would fail the stage): "
+                + ", ".join(f"{k!r} {v} rows" for k, v in sorted(unknown.items()))
+            )
     td = tokenize_data(
         mix, tokenizer, mix.kind, max_seq_length=max_seq_length, max_prompt_length=max_prompt_length
     )
@@ -146,13 +164,20 @@ def inspect_command(args) -> int:
             max_prompt_length=args.max_prompt_length,
             color=color,
             example=args.example,
+            known_verifier=getattr(args, "known_verifier", None),
+            label_check=getattr(args, "label_check", None),
         )
     )
     return 0
 
 
-def add_data_parser(subparsers) -> argparse.ArgumentParser:
-    """`data` with its subcommand `inspect`."""
+def add_data_parser(
+    subparsers,
+    known_verifier: Callable[[str], bool] | None = None,
+    label_check: Callable[[str, str], str | None] | None = None,
+) -> argparse.ArgumentParser:
+    """`data` with its subcommand `inspect`. The caller that knows the verifiers (the CLI) passes
+    `known_verifier` / `label_check` here; this package does not import reward_fns."""
     p = subparsers.add_parser("data", help="inspect data mixes")
     sub = p.add_subparsers(dest="data_command", required=True)
     q = sub.add_parser("inspect", help="rows per source, token lengths, and what is trained on")
@@ -170,5 +195,5 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--add-bos", action="store_true", help="with --chat-template: BOS in front (OLMo 2)")
     q.add_argument("--example", type=int, default=0, help="which row to render")
     q.add_argument("--no-color", action="store_true")
-    q.set_defaults(func=inspect_command)
+    q.set_defaults(func=inspect_command, known_verifier=known_verifier, label_check=label_check)
     return p

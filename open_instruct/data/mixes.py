@@ -11,6 +11,10 @@
         columns: {conversation: messages}   # renames, applied before validation
 
 A single data file can stand in for a mix (one source, amount 1.0).
+
+Local files are scanned row by row first (rows.scan_local_source, streamed, before `datasets`
+reads them), so every problem names its file and line (JSONL, JSON) or row (parquet);
+`validate.validate_mix` runs the same scan without building a dataset.
 """
 
 from __future__ import annotations
@@ -26,11 +30,23 @@ from typing import Any
 
 from ..config import from_dict, load_yaml
 from ..errors import ConfigError, DataError
-from .rows import REQUIRED_COLUMNS, check_kind, check_row, infer_kind, rename_columns
+from .rows import (  # noqa: F401 - FILE_SUFFIXES, local_rows: public here too
+    FILE_SUFFIXES,
+    REQUIRED_COLUMNS,
+    LabelCheck,
+    check_kind,
+    check_row,
+    decode_utf8,
+    kind_for,
+    local_rows,
+    one_line,
+    rename_columns,
+    report_source,
+    scan_local_source,
+    validate_rows,
+)
 
 log = logging.getLogger(__name__)
-
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 @dataclass
@@ -55,9 +71,11 @@ class MixSpec:
 class SourceReport:
     name: str  # hub id (+subset) or resolved file path
     rows: int  # rows read
-    dropped: int  # rows dropped as soft problems (preference)
+    dropped: int  # rows dropped (empty content, impossible turn order, preference pair problems)
     selected: int  # rows in the mix after `amount`
     first_problem: str | None = None
+    trimmed: int = 0  # RLVR prompts whose trailing assistant turns were removed (kept)
+    first_trimmed: str | None = None
 
 
 @dataclass
@@ -71,6 +89,10 @@ class LoadedMix:
     @property
     def num_dropped(self) -> int:
         return sum(s.dropped for s in self.sources)
+
+    @property
+    def num_trimmed(self) -> int:
+        return sum(s.trimmed for s in self.sources)
 
 
 # ----------------------------------------------------------------------------- amounts
@@ -89,6 +111,11 @@ def check_amount(amount: Any, where: str) -> float | int:
     return amount
 
 
+def selected_count(n: int, amount: float | int) -> int:
+    """How many rows `amount` selects from `n`: float: round(amount * n) (half up); int: amount."""
+    return int(math.floor(amount * n + 0.5)) if isinstance(amount, float) else int(amount)
+
+
 def amount_indices(n: int, amount: float | int, seed: int) -> list[int]:
     """Row indices for `amount` of an `n`-row source: whole copies in order, then a seeded
     sample without replacement (kept in source order) for the fractional rest.
@@ -96,7 +123,7 @@ def amount_indices(n: int, amount: float | int, seed: int) -> list[int]:
     float: total = round(amount * n) (2.5 -> 2 copies + half); int: total = amount."""
     import numpy as np
 
-    total = int(math.floor(amount * n + 0.5)) if isinstance(amount, float) else int(amount)
+    total = selected_count(n, amount)
     copies, rest = divmod(total, n)
     idx = list(range(n)) * copies
     if rest:
@@ -109,6 +136,8 @@ def amount_indices(n: int, amount: float | int, seed: int) -> list[int]:
 
 
 def _spec_from_yaml(path: Path) -> MixSpec:
+    # load_yaml reads with the locale's codec; refuse non-UTF-8 bytes here first, naming the line.
+    decode_utf8(path.read_bytes(), path)
     data = load_yaml(path)
     try:
         spec = from_dict(MixSpec, data, str(path))
@@ -141,31 +170,11 @@ def read_spec(path: str | Path) -> MixSpec:
     raise DataError(f"{path}: expected a mix .yaml or a data file ({', '.join(FILE_SUFFIXES)})")
 
 
+def source_name(src: SourceSpec) -> str:
+    return src.path or (src.hf + (f":{src.subset}" if src.subset else ""))
+
+
 # ----------------------------------------------------------------------------- loading
-
-
-def _raw_jsonl_rows(path: Path, columns: dict[str, str]):
-    """Yields (line number, row) for each non-blank line; a malformed line is a DataError."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(
-                    f"{path} line {lineno}: a row must be a JSON object, got {type(row).__name__}"
-                )
-            yield lineno, rename_columns(row, columns)
-
-
-def _check_json_file(path: Path) -> None:
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
 
 
 def _load_raw(src: SourceSpec, where: str):
@@ -183,19 +192,14 @@ def _load_raw(src: SourceSpec, where: str):
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as e:  # noqa: BLE001 - any reader failure is a data problem, one line
             raise DataError(
-                f"{path}: datasets could not read it ({type(e).__name__}: {_one_line(e)})"
+                f"{path}: datasets could not read it ({type(e).__name__}: {one_line(e)})"
             ) from None
     try:
         return datasets.load_dataset(src.hf, src.subset, split=src.split)
     except Exception as e:  # noqa: BLE001
         raise DataError(
-            f"{where}.hf: could not load {src.hf!r} split {src.split!r} ({type(e).__name__}: {_one_line(e)})"
+            f"{where}.hf: could not load {src.hf!r} split {src.split!r} ({type(e).__name__}: {one_line(e)})"
         ) from None
-
-
-def _one_line(e: Exception) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def _features(kind: str):
@@ -209,26 +213,6 @@ def _features(kind: str):
             "rlvr": {"messages": messages, "ground_truth": Value("string"), "dataset": Value("string")},
         }[kind]
     )
-
-
-def _validate(rows, kind: str) -> tuple[list[int], list[str], int]:
-    """Checks every (location, row) (raising on hard problems) before anything is transformed.
-    Returns (indices of rows to keep, soft problems with their location, rows seen)."""
-    keep, problems, count = [], [], 0
-    for i, (loc, row) in enumerate(rows):
-        _, soft = check_row(row, kind, loc)
-        if soft is None:
-            keep.append(i)
-        else:
-            problems.append(f"{loc}: {soft}")
-        count += 1
-    return keep, problems, count
-
-
-def _first_jsonl_row(path: Path, columns: dict[str, str]) -> dict:
-    for _, row in _raw_jsonl_rows(path, columns):
-        return row
-    raise DataError(f"{path}: the file has no rows")
 
 
 def _iter_rows(ds, batch_size: int = 1000):
@@ -251,43 +235,20 @@ def _normaliser(kind: str, columns: dict[str, str]):
     return fn
 
 
-def _kind_for(kind: str | None, columns, name: str) -> str:
-    if kind is None:
-        kind = infer_kind(columns)
-        if kind is None:
-            raise DataError(
-                f"{name}: cannot tell the data kind from columns {', '.join(columns)}; "
-                f"pass --kind or set `kind:` in the mix"
-            )
-    return kind
-
-
-def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str):
+def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str, label_check=None):
     """Phase 1: read and validate one source. Returns (dataset, kind, keep indices, report)."""
     where = f"{mix_path} sources[{i}]"
-    name = src.path or (src.hf + (f":{src.subset}" if src.subset else ""))
-    path = Path(src.path) if src.path is not None else None
-    if path is not None and not path.is_file():
-        raise DataError(f"{path}: data file not found ({where}.path)")
-
-    if path is not None and path.suffix == ".jsonl":
-        # Our own pass over the raw lines first, so every error names its line number and a bad
-        # line is reported as such rather than as an Arrow schema failure.
-        first = _first_jsonl_row(path, {})
-        for old in src.columns:
-            if old not in first:
-                raise DataError(
-                    f"{where}.columns: column '{old}' not in {name} line 1 (has: {', '.join(first)})"
-                )
-        kind = _kind_for(kind, list(rename_columns(first, src.columns)), name)
-        rows = ((f"{path} line {n}", row) for n, row in _raw_jsonl_rows(path, src.columns))
-        keep, problems, count = _validate(rows, kind)
+    name = source_name(src)
+    if src.path is not None:
+        # Our own pass over the file first (line by line), so every problem names its line and a
+        # bad line is reported as such rather than as an Arrow schema failure.
+        path = Path(src.path)
+        kind, tally = scan_local_source(src, i, kind, mix_path, label_check, keep=True)
         ds = _load_raw(src, where)
-        if count != len(ds):  # the reader and our line scan disagree: refuse rather than misalign rows
-            raise DataError(f"{path}: datasets read {len(ds)} rows but the file has {count} non-blank lines")
+        if tally.rows != len(ds):  # the reader and our scan disagree: refuse rather than misalign rows
+            what = "non-blank lines" if path.suffix == ".jsonl" else "rows"
+            raise DataError(f"{path}: datasets read {len(ds)} rows but the file has {tally.rows} {what}")
     else:
-        if path is not None and path.suffix == ".json":
-            _check_json_file(path)
         ds = _load_raw(src, where)
         for old in src.columns:
             if old not in ds.column_names:
@@ -295,44 +256,33 @@ def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str):
                     f"{where}.columns: column '{old}' not in {name} (has: {', '.join(ds.column_names)})"
                 )
         renamed = [src.columns.get(c, c) for c in ds.column_names]
-        kind = _kind_for(kind, renamed, name)
+        kind = kind_for(kind, renamed, name)
         if kind != "preference":  # preference rows may use `prompt` + bare responses; checked per row
             for col in REQUIRED_COLUMNS[kind]:
                 if col not in renamed:
                     raise DataError(
                         f"{name}: missing column '{col}' for {kind} data (has: {', '.join(renamed)})"
                     )
-        label = src.path or f"{src.hf} ({src.split})"
+        label = f"{src.hf} ({src.split})"
         rows = (
             (f"{label} row {j}", rename_columns(row, src.columns)) for j, row in enumerate(_iter_rows(ds))
         )
-        keep, problems, _ = _validate(rows, kind)
-
-    if problems:
-        log.warning(
-            "%s: dropped %d of %d %s rows with problems; first: %s",
-            name,
-            len(problems),
-            len(ds),
-            kind,
-            problems[0],
-        )
-    if not keep:
-        raise DataError(
-            f"{name}: all {len(ds)} rows are unusable; first: {problems[0] if problems else 'no rows'}"
-        )
+        tally = validate_rows(rows, kind, label_check, keep=True)
+    report_source(name, kind, tally)
     report = SourceReport(
         name=name,
         rows=len(ds),
-        dropped=len(problems),
+        dropped=tally.dropped,
         selected=0,
-        first_problem=problems[0] if problems else None,
+        first_problem=tally.first_problem,
+        trimmed=tally.trimmed,
+        first_trimmed=tally.first_trimmed,
     )
-    return ds, kind, keep, report
+    return ds, kind, tally.keep, report
 
 
 def _finish_source(src: SourceSpec, i: int, ds, kind: str, keep: list[int], seed: int, mix_path: str):
-    """Phase 2: drop soft-bad rows, normalise to canonical columns, apply `amount`."""
+    """Phase 2: drop unusable rows, normalise to canonical columns, apply `amount`."""
     if len(keep) < len(ds):
         ds = ds.select(keep)
     ds = ds.map(
@@ -363,18 +313,19 @@ def content_hash(ds) -> str:
     return h.hexdigest()
 
 
-def load_mix(path: str | Path, kind: str | None = None) -> LoadedMix:
+def load_mix(path: str | Path, kind: str | None = None, label_check: LabelCheck | None = None) -> LoadedMix:
     """Loads, validates, normalises and samples a data mix (YAML) or a single data file.
 
     Every source is validated before any is transformed; the result's `dataset` has the kind's
-    canonical columns (see rows.py) and `content_hash` identifies its content."""
+    canonical columns (see rows.py) and `content_hash` identifies its content. `label_check(dataset,
+    ground_truth)` (rlvr; see validate.validate_mix) refuses labels the named verifier cannot use."""
     from datasets import concatenate_datasets
 
     spec = read_spec(path)
     kind = check_kind(kind) if kind is not None else spec.kind
     checked = []
     for i, src in enumerate(spec.sources):  # validate everything before transforming anything
-        ds, kind, keep, report = _check_source(src, i, kind, str(path))
+        ds, kind, keep, report = _check_source(src, i, kind, str(path), label_check)
         checked.append((ds, keep, report))
     parts, reports = [], []
     for i, (src, (ds, keep, report)) in enumerate(zip(spec.sources, checked)):

@@ -1,22 +1,42 @@
-"""Row formats per data kind: validation (one-line `DataError` naming where and which field) and
-normalisation to the canonical columns the transforms read.
+"""Rows: read from local files (streamed, each named by file and line or row), validated per data
+kind (one-line `DataError` naming where and which field) and normalised to the canonical columns
+the transforms read. `load_mix` and `validate.validate_mix` share `scan_local_source`.
 
 Canonical rows (what `load_mix` returns):
   sft         {"messages": [{"role", "content"}, ...]}
   preference  {"chosen": [...full conversation...], "rejected": [...]}   (same prompt turns)
   rlvr        {"messages": [...prompt turns...], "ground_truth": str, "dataset": str}
 
-Hard problems (bad structure, unknown role, empty or non-string content, missing column) raise.
-Preference rows also have *soft* problems that real preference mixes contain (identical chosen and
-rejected, prompts that differ, no final assistant turn): those rows are dropped and counted.
+Two classes of problems (docs/data.md, "Bad input"):
+  errors  the file is not what the stage reads: not a JSON object, a missing column, a value of the
+          wrong type, an unknown role, an SFT conversation without an assistant turn, an RLVR row
+          without a verifier name. One is enough to stop: every row is likely affected.
+  drops   one row's content is unusable, as real mixtures contain: an empty turn or conversation,
+          turns in an impossible order (an assistant turn before any user turn, a system turn that
+          is not the first turn, two system turns), and for preference pairs identical responses,
+          different prompts or no final assistant turn. The row is left out, counted and reported.
+RLVR prompts that end with assistant turns are *trimmed* to the prompt (kept, counted apart).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from typing import Any
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from .mixes import SourceSpec
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 ROLES = ("system", "user", "assistant")
 KINDS = ("sft", "preference", "rlvr")
@@ -25,6 +45,15 @@ REQUIRED_COLUMNS = {
     "preference": ("chosen", "rejected"),
     "rlvr": ("messages", "ground_truth", "dataset"),
 }
+
+
+class RowCheck(NamedTuple):
+    """What `classify_row` found: the canonical row, why it is dropped (None: kept) and, for an
+    RLVR prompt that ended with assistant turns, what was trimmed (None: nothing)."""
+
+    row: dict
+    dropped: str | None
+    trimmed: str | None
 
 
 def check_kind(kind: str) -> str:
@@ -45,35 +74,69 @@ def infer_kind(columns) -> str | None:
     return None
 
 
-def check_messages(value: Any, where: str, field: str, allow_empty: bool = False) -> list[dict]:
-    """Validates a list of {role, content} turns; returns it reduced to exactly those two keys."""
+def _turns(value: Any, where: str, field: str) -> list[dict]:
+    """The hard checks of a list of {role, content} turns; returns it reduced to those two keys.
+    Empty content is left for `_empty_problem` (a drop, not an error)."""
     if not isinstance(value, list):
         raise DataError(
             f"{where}: {field} must be a list of {{role, content}} turns, got {type(value).__name__}"
         )
-    if not value and not allow_empty:
-        raise DataError(f"{where}: {field} is an empty list")
     out = []
     for i, turn in enumerate(value):
-        f = f"{field}[{i}]"
         if not isinstance(turn, dict):
             raise DataError(
-                f"{where}: {f} must be a mapping with role and content, got {type(turn).__name__}"
+                f"{where}: {field}[{i}] must be a mapping with role and content, got {type(turn).__name__}"
             )
-        role = turn.get("role")
         if "role" not in turn:
-            raise DataError(f"{where}: {f}.role is missing")
+            raise DataError(f"{where}: {field}[{i}].role is missing")
+        role = turn["role"]
         if role not in ROLES:
-            raise DataError(f"{where}: {f}.role {role!r} is not one of {', '.join(ROLES)}")
+            raise DataError(f"{where}: {field}[{i}].role {role!r} is not one of {', '.join(ROLES)}")
         if "content" not in turn:
-            raise DataError(f"{where}: {f}.content is missing")
+            raise DataError(f"{where}: {field}[{i}].content is missing")
         content = turn["content"]
         if not isinstance(content, str):
-            raise DataError(f"{where}: {f}.content must be a string, got {type(content).__name__}")
-        if not content.strip():
-            raise DataError(f"{where}: {f}.content is empty")
+            raise DataError(f"{where}: {field}[{i}].content must be a string, got {type(content).__name__}")
         out.append({"role": role, "content": content})
     return out
+
+
+def _empty_problem(turns: list[dict], field: str) -> str | None:
+    if not turns:
+        return f"{field} is an empty list"
+    for i, t in enumerate(turns):
+        if not t["content"].strip():
+            return f"{field}[{i}].content is empty"
+    return None
+
+
+def order_problem(turns: list[dict], field: str) -> str | None:
+    """Why the turns' order is impossible, or None. Allowed: at most one system turn, first; then a
+    user turn before any assistant turn. Consecutive turns of one role are allowed (real data has
+    them and the transforms handle them)."""
+    systems = [i for i, t in enumerate(turns) if t["role"] == "system"]
+    if len(systems) > 1:
+        at = ", ".join(f"{field}[{i}]" for i in systems)
+        return f"{field} has {len(systems)} system turns ({at}); at most one, as the first turn"
+    if systems and systems[0] != 0:
+        return f"{field}[{systems[0]}] is a system turn after the conversation started (only the first turn may be one)"
+    first = 1 if systems else 0
+    if first < len(turns) and turns[first]["role"] == "assistant":
+        return f"{field}[{first}] is an assistant turn before any user turn"
+    return None
+
+
+def check_messages(value: Any, where: str, field: str, allow_empty: bool = False) -> list[dict]:
+    """Validates a list of {role, content} turns; returns it reduced to exactly those two keys.
+    Raises on every problem, empty content included (row checks use `classify_row`, which drops
+    rows with empty content instead)."""
+    turns = _turns(value, where, field)
+    if not turns and allow_empty:
+        return turns
+    problem = _empty_problem(turns, field)
+    if problem:
+        raise DataError(f"{where}: {problem}")
+    return turns
 
 
 def _require(row: dict, kind: str, where: str, columns=None) -> None:
@@ -83,12 +146,13 @@ def _require(row: dict, kind: str, where: str, columns=None) -> None:
             raise DataError(f"{where}: missing column '{col}' for {kind} data (row has: {have})")
 
 
-def _sft(row: dict, where: str) -> dict:
+def _sft(row: dict, where: str) -> RowCheck:
     _require(row, "sft", where)
-    messages = check_messages(row["messages"], where, "messages")
-    if not any(m["role"] == "assistant" for m in messages):
+    turns = _turns(row["messages"], where, "messages")
+    if turns and not any(t["role"] == "assistant" for t in turns):
         raise DataError(f"{where}: messages has no assistant turn (nothing to train on)")
-    return {"messages": messages}
+    problem = _empty_problem(turns, "messages") or order_problem(turns, "messages")
+    return RowCheck({"messages": turns}, problem, None)
 
 
 def _label_text(value: Any, where: str, field: str) -> str:
@@ -102,79 +166,374 @@ def _label_text(value: Any, where: str, field: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _rlvr(row: dict, where: str) -> dict:
+def _rlvr(row: dict, where: str) -> RowCheck:
     _require(row, "rlvr", where)
-    messages = check_messages(row["messages"], where, "messages")
-    if messages[-1]["role"] == "assistant":
-        raise DataError(
-            f"{where}: messages[{len(messages) - 1}].role: an RLVR prompt must not end with an assistant turn"
-        )
+    turns = _turns(row["messages"], where, "messages")
     dataset = row["dataset"]
     if not isinstance(dataset, str) or not dataset.strip():
         raise DataError(f"{where}: dataset must be a non-empty string naming the verifier, got {dataset!r}")
-    return {
-        "messages": messages,
-        "ground_truth": _label_text(row["ground_truth"], where, "ground_truth"),
-        "dataset": dataset,
-    }
+    label = _label_text(row["ground_truth"], where, "ground_truth")
+    # The order is judged on the whole conversation; only the prompt that is kept must be non-empty
+    # (an empty trailing assistant turn is trimmed away anyway).
+    end = len(turns)
+    while end and turns[end - 1]["role"] == "assistant":
+        end -= 1
+    problem = order_problem(turns, "messages") if turns else "messages is an empty list"
+    prompt = turns[:end]
+    problem = problem or _empty_problem(prompt, "messages")
+    trimmed = None
+    if end < len(turns) and problem is None:
+        k = len(turns) - end
+        trimmed = f"messages ended with {k} assistant turn{'s' if k > 1 else ''} (messages[{end}:] trimmed)"
+    return RowCheck({"messages": prompt, "ground_truth": label, "dataset": dataset}, problem, trimmed)
 
 
-def _prompt_turns(row: dict, where: str) -> list[dict]:
+def _prompt_turns(row: dict, where: str) -> tuple[list[dict], str | None]:
     if "prompt" not in row or row["prompt"] is None:
         raise DataError(f"{where}: missing column 'prompt' (chosen/rejected are bare responses)")
     prompt = row["prompt"]
     if isinstance(prompt, str):
-        if not prompt.strip():
-            raise DataError(f"{where}: prompt is empty")
-        return [{"role": "user", "content": prompt}]
-    return check_messages(prompt, where, "prompt")
+        return [{"role": "user", "content": prompt}], (None if prompt.strip() else "prompt is empty")
+    turns = _turns(prompt, where, "prompt")
+    return turns, _empty_problem(turns, "prompt") or order_problem(turns, "prompt")
 
 
-def _response(row: dict, field: str, where: str) -> list[dict]:
-    """One side of a preference pair as a full conversation (TRL or Tülu form)."""
+def _response(row: dict, field: str, where: str) -> tuple[list[dict], str | None]:
+    """One side of a preference pair as a full conversation (TRL or Tülu form), with its problem."""
     value = row[field]
     if isinstance(value, str):  # TRL: prompt + bare response text
+        prompt, problem = _prompt_turns(row, where)
         if not value.strip():
-            raise DataError(f"{where}: {field} is empty")
-        return _prompt_turns(row, where) + [{"role": "assistant", "content": value}]
-    turns = check_messages(value, where, field)
-    if all(t["role"] == "assistant" for t in turns) and row.get("prompt") is not None:
-        return _prompt_turns(row, where) + turns  # TRL explicit prompt + assistant turn(s)
-    return turns  # Tülu: the whole conversation (a `prompt` string column, if any, duplicates it)
+            problem = problem or f"{field} is empty"
+        return prompt + [{"role": "assistant", "content": value}], problem
+    turns = _turns(value, where, field)
+    if turns and all(t["role"] == "assistant" for t in turns) and row.get("prompt") is not None:
+        prompt, problem = _prompt_turns(row, where)  # TRL explicit prompt + assistant turn(s)
+        return prompt + turns, problem or _empty_problem(turns, field)
+    # Tülu: the whole conversation (a `prompt` string column, if any, duplicates it)
+    return turns, _empty_problem(turns, field) or order_problem(turns, field)
 
 
-def _preference(row: dict, where: str) -> tuple[dict, str | None]:
+def _preference(row: dict, where: str) -> RowCheck:
     _require(row, "preference", where)
-    chosen = _response(row, "chosen", where)
-    rejected = _response(row, "rejected", where)
+    # Both sides are read (hard errors in either raise) before a soft problem decides the row.
+    chosen, chosen_problem = _response(row, "chosen", where)
+    rejected, rejected_problem = _response(row, "rejected", where)
     out = {"chosen": chosen, "rejected": rejected}
+    problem = chosen_problem or rejected_problem
+    if problem:
+        return RowCheck(out, problem, None)
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
         side = "chosen" if chosen[-1]["role"] != "assistant" else "rejected"
-        return out, f"{side} does not end with an assistant turn"
+        return RowCheck(out, f"{side} does not end with an assistant turn", None)
     if len(chosen) < 2 or len(rejected) < 2:
-        return out, "no prompt before the response"
+        return RowCheck(out, "no prompt before the response", None)
     if chosen[:-1] != rejected[:-1]:
-        return out, "chosen and rejected have different prompts"
+        return RowCheck(out, "chosen and rejected have different prompts", None)
     if chosen[-1]["content"] == rejected[-1]["content"]:
-        return out, "chosen and rejected responses are identical"
-    return out, None
+        return RowCheck(out, "chosen and rejected responses are identical", None)
+    return RowCheck(out, None, None)
+
+
+_CHECKS = {"sft": _sft, "rlvr": _rlvr, "preference": _preference}
+
+
+def classify_row(row: Any, kind: str, where: str) -> RowCheck:
+    """Validates one raw row of `kind`: raises `DataError` on errors, returns the canonical row
+    with the reason it is dropped (or None) and what was trimmed (RLVR; or None)."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    check = _CHECKS.get(kind)
+    if check is None:
+        raise DataError(f"data kind {kind!r} is not one of {', '.join(KINDS)}")
+    return check(row, where)
 
 
 def check_row(row: Any, kind: str, where: str) -> tuple[dict, str | None]:
-    """Validates one raw row of `kind`. Returns (canonical row, soft problem or None); raises
-    `DataError` on hard problems. Only preference rows have soft problems."""
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    if kind == "sft":
-        return _sft(row, where), None
-    if kind == "rlvr":
-        return _rlvr(row, where), None
-    if kind == "preference":
-        return _preference(row, where)
-    raise DataError(f"data kind {kind!r} is not one of {', '.join(KINDS)}")
+    """Validates one raw row of `kind`. Returns (canonical row, reason to drop it or None); raises
+    `DataError` on errors. An RLVR prompt ending with assistant turns comes back trimmed."""
+    out = classify_row(row, kind, where)
+    return out.row, out.dropped
 
 
 def rename_columns(row: dict, columns: dict[str, str]) -> dict:
     if not columns:
         return row
     return {columns.get(k, k): v for k, v in row.items()}
+
+
+# ----------------------------------------------------------------------------- reading local files
+
+
+# label_check(dataset, ground_truth text) -> None when the verifier accepts the label, else why not.
+LabelCheck = Callable[[str, str], "str | None"]
+
+
+def one_line(e: Any) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _utf8_error(path: Path, lineno: int, line: bytes, start: int) -> DataError:
+    # `start` indexes the offending byte in `line`; the column is a byte column, 1-based.
+    return DataError(
+        f"{path} line {lineno}: not valid UTF-8 (byte 0x{line[start]:02x} at byte column {start + 1}); "
+        f"save the file as UTF-8"
+    )
+
+
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """`data` (a whole file) as text; bytes that are not UTF-8 are a DataError naming the line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        start = data.rfind(b"\n", 0, e.start) + 1
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise _utf8_error(Path(path), lineno, data[start : e.start + 1], e.start - start) from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """(location, row) for each non-blank line, read line by line (bytes, so a line that is not
+    UTF-8 is reported as such, with its number)."""
+    prefix = f"{path} line "
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, lineno, raw, e.start) from None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{path} line {lineno}: a row must be a JSON object, got {type(row).__name__}"
+                )
+            yield prefix + str(lineno), row
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """Rows of a .json file named by the line each starts on: a list of objects (`[{...}, ...]`),
+    or objects one after another (JSON lines saved as .json) -- what `datasets` reads from it."""
+    text = decode_utf8(path.read_bytes(), path)
+    decoder = json.JSONDecoder()
+    n = len(text)
+    i = _WS.match(text, 0).end()
+    in_list = text.startswith("[", i)
+    lineno, counted = 1, 0
+
+    def bad(pos: int, msg: str) -> DataError:
+        line = text.count("\n", 0, pos) + 1
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        return DataError(f"{path} line {line}: invalid JSON ({msg} at column {col})")
+
+    if in_list:
+        i = _WS.match(text, i + 1).end()
+        if text.startswith("]", i):
+            i = _WS.match(text, i + 1).end()
+            in_list = False  # an empty list: only trailing data is left to check
+    while i < n:
+        try:
+            row, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise bad(e.pos, e.msg) from None
+        lineno += text.count("\n", counted, i)
+        counted = i
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {lineno}: a row must be a JSON object, got {type(row).__name__}")
+        yield f"{path} line {lineno}", row
+        i = _WS.match(text, end).end()
+        if not in_list:
+            continue
+        if text.startswith(",", i):
+            i = _WS.match(text, i + 1).end()
+        elif text.startswith("]", i):
+            i = _WS.match(text, i + 1).end()
+            in_list = False
+            if i < n:
+                raise bad(i, "Extra data")
+        else:
+            raise bad(i, "Expecting ',' delimiter")
+    if in_list:
+        raise bad(n, "Expecting ']'")
+
+
+def _parquet_file(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a data problem, one line
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {one_line(e)})") from None
+
+
+def _parquet_rows(path: Path, batch_size: int = 1000) -> Iterator[tuple[str, dict]]:
+    """Rows of a parquet file, read a batch at a time, named by their 0-based index."""
+    pf = _parquet_file(path)
+    j = 0
+    batches = pf.iter_batches(batch_size=batch_size)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(
+                f"{path} row {j}: parquet data could not be read ({type(e).__name__}: {one_line(e)})"
+            ) from None
+        if batch is None:
+            return
+        for row in batch.to_pylist():
+            yield f"{path} row {j}", row
+            j += 1
+
+
+def local_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """(location, raw row) for every row of a local data file, streamed; a malformed file is a
+    one-line DataError naming the file and line (JSONL, JSON) or row (parquet)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return _jsonl_rows(path)
+    if path.suffix == ".json":
+        return _json_rows(path)
+    if path.suffix == ".parquet":
+        return _parquet_rows(path)
+    raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def kind_for(kind: str | None, columns, name: str) -> str:
+    if kind is None:
+        kind = infer_kind(columns)
+        if kind is None:
+            raise DataError(
+                f"{name}: cannot tell the data kind from columns {', '.join(columns)}; "
+                f"pass --kind or set `kind:` in the mix"
+            )
+    return kind
+
+
+@dataclass
+class SourceTally:
+    """What validating one source's rows found."""
+
+    rows: int = 0  # rows read
+    kept: int = 0  # rows neither dropped nor refused
+    keep: list[int] | None = None  # indices of kept rows (when asked for)
+    dropped: int = 0
+    first_problem: str | None = None  # "<file> line N: <why>"
+    trimmed: int = 0
+    first_trimmed: str | None = None
+    dataset_names: set[str] = field(default_factory=set)  # rlvr: verifier names of kept rows
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def validate_rows(rows, kind: str, label_check: LabelCheck | None = None, keep: bool = False) -> SourceTally:
+    """Checks every (location, raw row): raises on errors, counts drops and trims, and (rlvr) asks
+    `label_check` about each kept row's label. Nothing is kept in memory but counts (and, with
+    `keep`, the indices of kept rows)."""
+    t = SourceTally(keep=[] if keep else None)
+    names = t.dataset_names
+    for i, (loc, row) in enumerate(rows):
+        t.rows += 1
+        out, dropped, trimmed = classify_row(row, kind, loc)
+        if dropped is not None:
+            t.dropped += 1
+            if t.first_problem is None:
+                t.first_problem = f"{loc}: {dropped}"
+            continue
+        if trimmed is not None:
+            t.trimmed += 1
+            if t.first_trimmed is None:
+                t.first_trimmed = f"{loc}: {trimmed}"
+        if kind == "rlvr":
+            name = out["dataset"]
+            names.add(name)
+            if label_check is not None:
+                reason = label_check(name, out["ground_truth"])
+                if reason is not None:
+                    raise DataError(
+                        f"{loc}: ground_truth {_shown(row.get('ground_truth'))} is not a label the "
+                        f"{name} verifier accepts: {one_line(reason)}"
+                    )
+        t.kept += 1
+        if t.keep is not None:
+            t.keep.append(i)
+    return t
+
+
+def report_source(name: str, kind: str, t: SourceTally) -> None:
+    """Logs a source's drops and trims (count + first example); no usable row is an error."""
+    if t.dropped:
+        log.warning(
+            "%s: dropped %d of %d %s rows with problems; first: %s",
+            name,
+            t.dropped,
+            t.rows,
+            kind,
+            t.first_problem,
+        )
+    if t.trimmed:
+        log.warning(
+            "%s: trimmed trailing assistant turns from %d of %d %s prompts (kept); first: %s",
+            name,
+            t.trimmed,
+            t.rows,
+            kind,
+            t.first_trimmed,
+        )
+    if not t.kept:
+        raise DataError(f"{name}: all {t.rows} rows are unusable; first: {t.first_problem or 'no rows'}")
+
+
+def scan_local_source(
+    src: SourceSpec,
+    i: int,
+    kind: str | None,
+    mix_path: str,
+    label_check: LabelCheck | None = None,
+    keep: bool = False,
+    strict_kind: bool = False,
+) -> tuple[str, SourceTally]:
+    """Reads and validates every row of a local source without building a dataset. Returns (kind,
+    tally); the kind is inferred from the columns when None. `strict_kind`: columns that look like
+    another kind are an error (the recipe check's rule)."""
+    where = f"{mix_path} sources[{i}]"
+    path = Path(src.path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found ({where}.path)")
+    if path.suffix not in FILE_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
+    schema = _parquet_file(path).schema_arrow.names if path.suffix == ".parquet" else None
+    rows = local_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataError(f"{path}: the file has no rows")
+    have = schema if schema is not None else list(first[1])
+    seen = f"{path}" if schema is not None else first[0]
+    for old in src.columns:
+        if old not in have:
+            raise DataError(f"{where}.columns: column '{old}' not in {seen} (has: {', '.join(have)})")
+    renamed = [src.columns.get(c, c) for c in have]
+    if strict_kind and kind is not None:
+        got = infer_kind(renamed)
+        if got is not None and got != kind and not (kind == "preference" and "prompt" in renamed):
+            raise DataError(f"{path} has {got} columns ({', '.join(renamed)}); this stage needs {kind} data")
+    kind = kind_for(kind, renamed, str(path))
+    if schema is not None and kind != "preference":  # preference may use `prompt` + bare responses
+        for col in REQUIRED_COLUMNS[kind]:
+            if col not in renamed:
+                raise DataError(f"{path}: missing column '{col}' for {kind} data (has: {', '.join(renamed)})")
+    columns = src.columns
+    rows = ((loc, rename_columns(row, columns)) for loc, row in itertools.chain([first], rows))
+    return kind, validate_rows(rows, kind, label_check, keep=keep)

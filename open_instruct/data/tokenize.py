@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .rows import check_kind
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,60 @@ def rlvr_example(tokenizer, messages: list[dict], max_prompt_length: int) -> dic
     return {"prompt_input_ids": ids, "prompt": prompt}
 
 
+def needed_length(tokenizer, kind: str, row: dict) -> int | None:
+    """The smallest length limit under which `row` survives its transform (max_prompt_length for
+    rlvr, max_seq_length otherwise); None when no limit would do (nothing to train on at all)."""
+    if kind == "rlvr":
+        return len(_encode(tokenizer, render(tokenizer, row["messages"], add_generation_prompt=True))[0])
+    if kind == "sft":
+        text, spans = assistant_spans(tokenizer, row["messages"])
+        ids, offsets = _encode(tokenizer, text)
+        labels = _labels_for(ids, offsets, spans)
+        return next((t + 1 for t, x in enumerate(labels) if x != IGNORE), None)
+    chosen, rejected = row["chosen"], row["rejected"]
+    prompt_text = render(tokenizer, chosen[:-1], add_generation_prompt=True)
+    prompt_ids, _ = _encode(tokenizer, prompt_text)
+    if not prompt_ids:
+        return None
+    need = len(prompt_ids) + 1
+    for conv in (chosen, rejected):
+        _, labels = _response_tokens(tokenizer, prompt_text, conv)
+        first = next((t for t, x in enumerate(labels) if x != IGNORE), None)
+        if first is None:
+            return None
+        need = max(need, len(prompt_ids) + first + 1)
+    return need
+
+
+_LIMIT_REASON = {
+    "sft": "no trained token left after truncation",
+    "preference": "no room for a response token after the prompt",
+    "rlvr": "prompt longer than the limit",
+}
+# Rows measured when every row was dropped (the error path re-tokenises; keep it bounded).
+_NEEDED_SCAN = 20_000
+
+
+def _nothing_survives(ds, tokenizer, kind: str, name: str, limit_name: str, limit: int) -> DataError:
+    n = min(len(ds), _NEEDED_SCAN)
+    needs = [
+        needed_length(tokenizer, kind, row)
+        for batch in ds.select(range(n)).iter(batch_size=256)
+        for row in (dict(zip(batch, vals)) for vals in zip(*batch.values()))
+    ]
+    known = [x for x in needs if x is not None]
+    of = "" if n == len(ds) else f" of the first {n}"
+    if not known:
+        need = f"no row{of} has a trained token at any length (check the chat template)"
+    elif kind == "rlvr":
+        need = f"the shortest prompt{of} has {min(known)} tokens"
+    else:
+        need = f"the shortest row{of} needs {limit_name} >= {min(known)}"
+    return DataError(
+        f"{name}: {limit_name} {limit} drops all {len(ds)} {kind} rows ({_LIMIT_REASON[kind]}); {need}"
+    )
+
+
 def _batch_fn(batch: dict, tokenizer, kind: str, max_seq_length: int, max_prompt_length: int) -> dict:
     """Batched `Dataset.map` body: rows that come back None are left out (that is how rows drop)."""
     n = len(next(iter(batch.values())))
@@ -284,16 +338,20 @@ def tokenize_data(
     num_proc: int | None = None,
     cache: bool = True,
     cache_dir: str | Path | None = None,
+    name: str | None = None,
 ) -> TokenizedData:
     """Tokenises a `LoadedMix` (or a `datasets.Dataset` with canonical columns + `kind`), with caching.
 
-    sft/preference use `max_seq_length`; rlvr uses `max_prompt_length`."""
+    sft/preference use `max_seq_length`; rlvr uses `max_prompt_length`. Rows the limit drops are
+    counted (`num_dropped`); when it drops every row, a DataError names the mix (`name`, default the
+    LoadedMix's path), the limit and what the shortest row needs."""
     from datasets import Dataset, load_from_disk
 
     from .mixes import LoadedMix, content_hash
 
     if isinstance(data, LoadedMix):
         ds, kind, data_hash = data.dataset, kind or data.kind, data.content_hash
+        name = name or data.path
     elif isinstance(data, Dataset):
         if kind is None:
             raise ConfigError("tokenize_data: pass kind= with a plain Dataset")
@@ -306,9 +364,15 @@ def tokenize_data(
     )
     key = cache_key(data_hash, tokenizer, kind, settings)
     path = cache_root(cache_dir) / f"{kind}-{key}"
+    name = name or "the data"
+    limit_name, limit = next(iter(settings.items()))
+    if len(ds) == 0:
+        raise DataError(f"{name}: no {kind} rows to tokenise")
 
     if cache and (path / "stats.json").is_file():
         stats = json.loads((path / "stats.json").read_text())
+        if stats["num_input"] <= stats["num_dropped"]:  # an entry written before empty results were refused
+            raise _nothing_survives(ds, tokenizer, kind, name, limit_name, limit)
         return TokenizedData(
             load_from_disk(str(path / "data")),
             kind,
@@ -345,12 +409,21 @@ def tokenize_data(
         **map_kwargs,
     )
     num_dropped = len(ds) - len(out)
+    if num_dropped == len(ds):
+        del out
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _nothing_survives(ds, tokenizer, kind, name, limit_name, limit)
     if num_dropped:
         log.warning(
-            "tokenize %s: dropped %d of %d rows (no trained token left within the length limits)",
+            "tokenize %s (%s): %s %d drops %d of %d rows (%s)",
             kind,
+            name,
+            limit_name,
+            limit,
             num_dropped,
             len(ds),
+            _LIMIT_REASON[kind],
         )
     if tmp is None:
         return TokenizedData(out, kind, len(ds), num_dropped, data_hash, key, None, False)

@@ -1,6 +1,7 @@
 """`open-instruct data inspect`: counts, length statistics, and the trained-token rendering."""
 
 import argparse
+import json
 
 from open_instruct.data.inspect import add_data_parser, inspect_mix, length_stats, show_trained
 
@@ -40,3 +41,63 @@ def test_inspect_cli_preference_and_rlvr(tiny_model_dir, samples_dir, capsys):
         args = ap.parse_args(["data", "inspect", str(path), "--tokenizer", str(tiny_model_dir)])
         assert args.func(args) == 0
         assert needle in capsys.readouterr().out
+
+
+def test_inspect_flags_dataset_values_that_name_no_verifier(tiny_tokenizer, samples_dir):
+    path = str(samples_dir / "rlvr_mixed_sample.jsonl")
+    asked = []
+
+    def known(name):
+        asked.append(name)
+        return name in ("gsm8k", "MATH")
+
+    text = inspect_mix(path, tiny_tokenizer, known_verifier=known)
+    assert (
+        "WARNING: dataset values that name no verifier (these rows would fail the stage): 'ifeval' 4 rows"
+        in text
+    )
+    assert sorted(asked) == ["MATH", "gsm8k", "ifeval"]
+    assert "name no verifier" not in inspect_mix(path, tiny_tokenizer, known_verifier=lambda name: True)
+    assert "name no verifier" not in inspect_mix(path, tiny_tokenizer)  # no callback: nothing to judge by
+
+
+def test_inspect_cli_takes_the_verifier_callbacks_from_its_caller(tiny_model_dir, samples_dir, capsys):
+    ap = argparse.ArgumentParser()
+    add_data_parser(ap.add_subparsers(), known_verifier=lambda name: name != "MATH")
+    args = ap.parse_args(
+        ["data", "inspect", str(samples_dir / "rlvr_mixed_sample.jsonl"), "--tokenizer", str(tiny_model_dir)]
+    )
+    assert args.func(args) == 0
+    assert "name no verifier (these rows would fail the stage): 'MATH' 4 rows" in capsys.readouterr().out
+
+
+def test_inspect_reports_trimmed_prompts(tiny_tokenizer, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": "q"}], "ground_truth": "1", "dataset": "gsm8k"},
+        {
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "1"}],
+            "ground_truth": "1",
+            "dataset": "gsm8k",
+        },
+    ]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = inspect_mix(str(path), tiny_tokenizer)
+    assert f"{path}: 2 rows read, 0 dropped, 1 trimmed to the prompt, 2 in the mix" in text
+    assert (
+        f"first trimmed: {path} line 2: messages ended with 1 assistant turn (messages[1:] trimmed)" in text
+    )
+
+
+def test_cli_exits_2_with_one_line_for_bytes_that_are_not_utf8(tiny_model_dir, tmp_path, capsys):
+    from open_instruct.cli import main
+
+    path = tmp_path / "r.jsonl"
+    good = b'{"messages": [{"role": "user", "content": "q"}], "ground_truth": "1", "dataset": "gsm8k"}\n'
+    path.write_bytes(good + good + good.replace(b'"q"', b'"caf\xe9"'))
+    assert main(["data", "inspect", str(path), "--tokenizer", str(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: {path} line 3: not valid UTF-8 (byte 0xe9 at byte column 47); save the file as UTF-8\n"
+    )

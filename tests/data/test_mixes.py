@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -210,16 +211,6 @@ BAD = [
         r"line 2: messages\[0\]\.role 'bot' is not one of system, user, assistant",
     ),
     (
-        "empty content",
-        "sft",
-        [
-            sft(0),
-            sft(1),
-            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]},
-        ],
-        r"line 3: messages\[0\]\.content is empty",
-    ),
-    (
         "non-string content",
         "sft",
         [{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}],
@@ -338,7 +329,7 @@ def test_unreachable_hub_id_is_a_one_line_data_error(repo_root):
 
 
 def test_mix_fingerprint_follows_content_not_location(tmp_path):
-    from open_instruct.lineage import mix_fingerprint
+    from open_instruct.recipe.lineage import mix_fingerprint
 
     def mix(where, rows, amount=2):
         where.mkdir(parents=True)
@@ -354,3 +345,183 @@ def test_mix_fingerprint_follows_content_not_location(tmp_path):
     assert mix(tmp_path / "b" / "deeper", rows) == same  # moved: same data
     assert mix(tmp_path / "c", rows, amount=3) != same  # another amount
     assert mix(tmp_path / "d", rows[:2] + [rows[0]]) != same  # another file content
+
+
+# ----------------------------------------------------------------------------- bytes that are not UTF-8
+
+
+def test_non_utf8_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    bad = json.dumps(sft(1)).replace("q1", "caf\u00e9").encode("latin-1")  # é as the single byte 0xe9
+    path.write_bytes(json.dumps(sft(0)).encode() + b"\n\n" + bad + b"\n")
+    with pytest.raises(DataError) as err:
+        load_mix(path, kind="sft")
+    msg = str(err.value)
+    assert msg.startswith(f"{path} line 3: not valid UTF-8 (byte 0xe9 at byte column ")
+    assert "\n" not in msg
+
+
+def test_non_utf8_json_file_names_line(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_bytes(
+        b'[\n  {"messages": [{"role": "user", "content": "q"},\n'
+        + b'  {"role": "assistant", "content": "\xff"}]}\n]\n'
+    )
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(path))} line 3: not valid UTF-8 \(byte 0xff at byte column 37\)"
+    ):
+        load_mix(path, kind="sft")
+
+
+def test_non_utf8_mix_yaml_names_line(tmp_path):
+    _write_jsonl(tmp_path / "a.jsonl", [sft(0)])
+    mix = tmp_path / "mix.yaml"
+    mix.write_bytes(b"# r\xe9sum\xe9 of the mix\nsources:\n  - path: a.jsonl\n")
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(mix))} line 1: not valid UTF-8 \(byte 0xe9 at byte column 4\)"
+    ):
+        load_mix(mix, kind="sft")
+
+
+# ----------------------------------------------------------------------------- turn order, empty turns
+
+
+def _turns(*spec):
+    return [{"role": r, "content": c} for r, c in spec]
+
+
+ORDER = [
+    (
+        "assistant first",
+        _turns(("assistant", "hello"), ("user", "q"), ("assistant", "a")),
+        "messages[0] is an assistant turn before any user turn",
+    ),
+    (
+        "assistant right after the system turn",
+        _turns(("system", "s"), ("assistant", "hello"), ("user", "q"), ("assistant", "a")),
+        "messages[1] is an assistant turn before any user turn",
+    ),
+    (
+        "system in the middle",
+        _turns(("user", "q"), ("system", "s"), ("assistant", "a")),
+        "messages[1] is a system turn after the conversation started",
+    ),
+    (
+        "two systems",
+        _turns(("system", "s"), ("user", "q"), ("system", "t"), ("assistant", "a")),
+        "messages has 2 system turns (messages[0], messages[2])",
+    ),
+    ("empty turn", _turns(("user", "q"), ("assistant", " \n")), "messages[1].content is empty"),
+    ("no turns", [], "messages is an empty list"),
+]
+
+
+@pytest.mark.parametrize("case,messages,reason", ORDER, ids=[o[0] for o in ORDER])
+def test_sft_rows_in_impossible_order_are_dropped_and_reported(tmp_path, caplog, case, messages, reason):
+    path = _write_jsonl(tmp_path / "s.jsonl", [sft(0), sft(1), {"messages": messages}, sft(3)])
+    with caplog.at_level(logging.WARNING):
+        m = load_mix(path, kind="sft")
+    assert len(m.dataset) == 3 and m.num_dropped == 1 and m.sources[0].dropped == 1
+    assert m.sources[0].first_problem.startswith(f"{path} line 3: {reason}")
+    warned = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert warned == [f"{path}: dropped 1 of 4 sft rows with problems; first: {m.sources[0].first_problem}"]
+
+
+def _rlvr(messages, gt="1", dataset="gsm8k"):
+    return {"messages": messages, "ground_truth": gt, "dataset": dataset}
+
+
+def test_rlvr_order_problems_drop_and_trailing_assistant_turns_are_trimmed(tmp_path, caplog):
+    q = _turns(("user", "q"))
+    rows = [
+        _rlvr(q),
+        _rlvr(_turns(("user", "q"), ("assistant", "a"))),  # trimmed
+        _rlvr(_turns(("assistant", "a"), ("user", "q"))),  # dropped: assistant first
+        _rlvr(_turns(("system", "s"), ("user", "q"), ("assistant", "a"), ("assistant", ""))),  # trimmed
+        _rlvr(_turns(("system", "s"), ("system", "t"), ("user", "q"))),  # dropped: two systems
+        _rlvr(_turns(("user", ""))),  # dropped: empty prompt turn
+    ]
+    path = _write_jsonl(tmp_path / "r.jsonl", rows)
+    with caplog.at_level(logging.WARNING):
+        m = load_mix(path, kind="rlvr")
+    src = m.sources[0]
+    assert (src.rows, src.dropped, src.trimmed, src.selected) == (6, 3, 2, 3)
+    assert m.num_dropped == 3 and m.num_trimmed == 2
+    assert m.dataset["messages"] == [q, q, _turns(("system", "s"), ("user", "q"))]
+    assert src.first_problem == f"{path} line 3: messages[0] is an assistant turn before any user turn"
+    assert src.first_trimmed == f"{path} line 2: messages ended with 1 assistant turn (messages[1:] trimmed)"
+    msgs = [r.getMessage() for r in caplog.records]
+    assert f"{path}: dropped 3 of 6 rlvr rows with problems; first: {src.first_problem}" in msgs
+    assert (
+        f"{path}: trimmed trailing assistant turns from 2 of 6 rlvr prompts (kept); first: {src.first_trimmed}"
+        in msgs
+    )
+
+
+def test_preference_empty_and_misordered_rows_are_dropped(tmp_path):
+    bad_order = {
+        "chosen": _turns(("user", "q"), ("system", "s"), ("assistant", "a")),
+        "rejected": _turns(("user", "q"), ("system", "s"), ("assistant", "b")),
+    }
+    rows = [
+        pref(0),
+        {"prompt": "What?", "chosen": "", "rejected": "no"},  # TRL: empty response
+        {"prompt": "  ", "chosen": "yes", "rejected": "no"},  # TRL: empty prompt
+        bad_order,
+        pref(4),
+    ]
+    path = _write_jsonl(tmp_path / "p.jsonl", rows)
+    m = load_mix(path, kind="preference")
+    assert len(m.dataset) == 2 and m.num_dropped == 3
+    assert m.sources[0].first_problem == f"{path} line 2: chosen is empty"
+
+
+def test_errors_in_a_row_win_over_its_drop(tmp_path):
+    # chosen has an empty turn (a drop) but rejected an unknown role (an error): the error is raised.
+    row = {
+        "chosen": _turns(("user", ""), ("assistant", "a")),
+        "rejected": _turns(("human", "q"), ("assistant", "b")),
+    }
+    path = _write_jsonl(tmp_path / "p.jsonl", [pref(0), row])
+    with pytest.raises(DataError, match=r"p\.jsonl line 2: rejected\[0\]\.role 'human' is not one of"):
+        load_mix(path, kind="preference")
+
+
+def test_json_file_rows_are_named_by_line(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(
+        "[\n"
+        + ",\n".join(json.dumps(r) for r in [sft(0), sft(1), {"messages": [{"role": "bot", "content": "x"}]}])
+        + "\n]\n"
+    )
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))} line 4: messages\[0\]\.role 'bot'"):
+        load_mix(path, kind="sft")
+    lines = tmp_path / "lines.json"  # JSON lines saved as .json: datasets reads them, so do we
+    lines.write_text("".join(json.dumps(sft(i)) + "\n" for i in range(3)))
+    assert len(load_mix(lines, kind="sft").dataset) == 3
+
+
+# ----------------------------------------------------------------------------- label checks
+
+
+def _gsm8k_numbers(dataset, ground_truth):
+    if dataset != "gsm8k":
+        return None
+    try:
+        float(ground_truth)
+    except ValueError:
+        return f"expected a number, got {ground_truth!r}"
+    return None
+
+
+def test_load_mix_label_check_names_file_line_and_verifier(tmp_path):
+    q = _turns(("user", "q"))
+    rows = [_rlvr(q, "12"), _rlvr(q, "x", dataset="MATH"), _rlvr(q, {"a": 1})]
+    path = _write_jsonl(tmp_path / "r.jsonl", rows)
+    assert len(load_mix(path, kind="rlvr").dataset) == 3  # no check: loads
+    with pytest.raises(DataError) as err:
+        load_mix(path, kind="rlvr", label_check=_gsm8k_numbers)
+    assert str(err.value) == (
+        f'{path} line 3: ground_truth {{"a": 1}} is not a label the gsm8k verifier accepts: '
+        "expected a number, got '{\"a\": 1}'"
+    )

@@ -159,10 +159,53 @@ def test_tokenize_data_counts_drops(tok, samples_dir):
         "ground_truth",
         "dataset",
     }
-    pref = T.tokenize_data(
-        load_mix(samples_dir / "preference_eval.jsonl"), tok, max_seq_length=14, cache=False
+
+
+@pytest.mark.parametrize(
+    "kind,file,limit_name,needs",
+    [
+        (
+            "sft",
+            "sft_eval.jsonl",
+            "max_seq_length",
+            "(no trained token left after truncation); the shortest row needs max_seq_length >= {n}",
+        ),
+        (
+            "preference",
+            "preference_eval.jsonl",
+            "max_seq_length",
+            "(no room for a response token after the prompt); the shortest row needs max_seq_length >= {n}",
+        ),
+        (
+            "rlvr",
+            "rlvr_eval.jsonl",
+            "max_prompt_length",
+            "(prompt longer than the limit); the shortest prompt has {n} tokens",
+        ),
+    ],
+)
+def test_every_row_dropped_by_the_limit_is_a_one_line_error(
+    tok, samples_dir, tmp_path, kind, file, limit_name, needs
+):
+    mix = load_mix(samples_dir / file, kind=kind)
+    n = min(T.needed_length(tok, kind, row) for row in mix.dataset)
+    with pytest.raises(T.DataError) as err:
+        T.tokenize_data(mix, tok, **{limit_name: n - 1}, cache_dir=tmp_path)
+    assert str(err.value) == (
+        f"{mix.path}: {limit_name} {n - 1} drops all 200 {kind} rows " + needs.format(n=n)
     )
-    assert pref.num_dropped == 200 and len(pref.dataset) == 0  # prompts are 15 tokens
+    assert list(tmp_path.iterdir()) == []  # no cache entry, no temp dir left behind
+    # the number it names is exact: at that limit the shortest row survives
+    td = T.tokenize_data(mix, tok, **{limit_name: n}, cache_dir=tmp_path)
+    assert len(td.dataset) > 0 and td.num_dropped == 200 - len(td.dataset)
+
+
+def test_plain_dataset_all_dropped_names_the_given_name(tok):
+    from datasets import Dataset
+
+    ds = Dataset.from_list([{"messages": CONV[1:3]}])
+    with pytest.raises(T.DataError, match=r"^sft\.dataset_mix: max_seq_length 4 drops all 1 sft rows "):
+        T.tokenize_data(ds, tok, "sft", max_seq_length=4, cache=False, name="sft.dataset_mix")
 
 
 def test_cache_is_reused_and_keyed(tok, samples_dir, tmp_path, monkeypatch):
