@@ -460,7 +460,10 @@ def validate_rows(rows, kind: str, label_check: LabelCheck | None = None, keep: 
             name = out["dataset"]
             names.add(name)
             if label_check is not None:
-                reason = label_check(name, out["ground_truth"])
+                try:
+                    reason = label_check(name, out["ground_truth"])
+                except ValueError as e:  # e.g. reward_fns' UnknownRewardError for a name it lacks
+                    raise DataError(f"{loc}: dataset {name!r}: {one_line(e)}") from None
                 if reason is not None:
                     raise DataError(
                         f"{loc}: ground_truth {_shown(row.get('ground_truth'))} is not a label the "

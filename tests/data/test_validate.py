@@ -242,3 +242,19 @@ def test_sample_mixes_validate(repo_root):
         assert chk.rows == n and chk.dropped == 0
     hub = validate_mix(str(repo_root / "data_mixes" / "tulu3_sft.yaml"), "sft", "x")  # nothing downloaded
     assert (hub.rows, hub.amounts[0].how) == (939343, "num_rows hint")
+
+
+def test_a_label_check_that_refuses_the_verifier_name_names_the_line(tmp_path):
+    path = _write_jsonl(tmp_path / "r.jsonl", [rlvr(0), rlvr(1, dataset="gsm9k")])
+
+    def check(dataset, ground_truth):
+        if dataset != "gsm8k":
+            raise ValueError(f"no reward named '{dataset}' (did you mean 'gsm8k'?)")
+        return None
+
+    with pytest.raises(DataError) as err:
+        validate_mix(str(path), "rlvr", "w", label_check=check)
+    assert (
+        str(err.value)
+        == f"w: {path} line 2: dataset 'gsm9k': no reward named 'gsm9k' (did you mean 'gsm8k'?)"
+    )
