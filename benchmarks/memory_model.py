@@ -61,7 +61,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # The memory model. It moves to open_instruct.recipe.memory: then only this import line changes.
-from open_instruct.plan import GB, KNOWN_ARCHS, Arch, count_params, training_memory  # noqa: E402
+from open_instruct.recipe.memory import GB, KNOWN_ARCHS, Arch, count_params, training_memory  # noqa: E402
 
 
 @dataclass(frozen=True)

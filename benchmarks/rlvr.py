@@ -41,19 +41,19 @@ def _prompts(n: int) -> list[dict]:
 def _ours(model_dir: str, a: argparse.Namespace, out: str) -> dict:
     os.environ["OPEN_INSTRUCT_NO_PROGRESS"] = "1"
     from open_instruct.config import from_dict
-    from open_instruct.rl import rlvr
+    from open_instruct.rl import learner, rlvr
 
     data = Path(out).parent / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _prompts(a.prompts * a.steps)))
     marks: list[float] = []
-    real_sync = rlvr.RLVRRun.sync
+    real_sync = learner.Learner.sync
 
-    def timed_sync(self):  # called once at the end of every step, after the optimizer step
-        res = real_sync(self)
+    def timed_sync(self, group):  # called once at the end of every step, after the optimizer step
+        res = real_sync(self, group)
         marks.append(time.perf_counter())
         return res
 
-    rlvr.RLVRRun.sync = timed_sync
+    learner.Learner.sync = timed_sync
     cfg = from_dict(
         rlvr.RLVRConfig,
         dict(

@@ -142,7 +142,7 @@ def _fmt(v) -> str:
 
 def render(results: list[dict], started: float) -> str:
     sys.path.insert(0, str(REPO))
-    from open_instruct.lineage import git_info, package_versions
+    from open_instruct.recipe.lineage import git_info, package_versions
 
     m = machine()
     git = git_info(REPO)

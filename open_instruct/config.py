@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import types
 import typing
@@ -27,7 +28,14 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path} line {line}: not valid UTF-8 (byte {e.object[e.start]:#04x}); save the file as UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -54,6 +62,16 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_key(data: dict, keys: list[str], value: Any) -> None:
+    """`data[k0][k1]...[kn] = value`, creating (or replacing non-mapping) intermediate levels."""
+    node = data
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     """Returns a copy of `data` with each `key.sub=value` applied (creating nested dicts)."""
     import copy
@@ -61,12 +79,7 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     out = copy.deepcopy(data)
     for item in overrides or []:
         keys, value = parse_override(item)
-        node = out
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
+        set_key(out, keys, value)
     return out
 
 
@@ -214,13 +227,109 @@ def relative_to_run(data: Any, root: str | Path) -> Any:
 
 
 def load_config(
-    cls: type[T], path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None
+    cls: type[T],
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    base: dict | None = None,
+    on_top: dict | None = None,
+    where: str = "config",
 ) -> T:
-    """YAML file (optional) + `base` defaults + `--set` overrides -> validated `cls`."""
+    """`base` defaults < YAML file (optional) < `on_top` (a command's short flags) < `--set` overrides
+    -> validated `cls`."""
     data = dict(base or {})
-    where = "config"
     if path is not None:
         data.update(load_yaml(path))
         where = str(path)
+    data.update(on_top or {})
     data = apply_overrides(data, overrides)
     return from_dict(cls, data, where)
+
+
+# Config keys that do not change what a stage trains: a rerun that differs only in these is the same run.
+NON_SEMANTIC_KEYS = frozenset(
+    {
+        "logging_steps",
+        "checkpointing_steps",
+        "keep_last_checkpoints",
+        "wandb_project",
+        "wandb_run_name",
+        "preprocessing_num_workers",
+        "reward_workers",
+    }
+)
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str))  # JSON round trip: tuples, Paths, floats alike
+
+
+def config_diff(old: dict, new: dict, cls: type | None = None, root: str | Path | None = None) -> list[str]:
+    """The one "same config" rule (a finished stage is reused, an interrupted one resumed, only when
+    this is empty): the top-level keys whose values differ, ignoring NON_SEMANTIC_KEYS. Paths inside
+    `root` (the run directory each side was written in) compare relative to it, so a moved or copied
+    run is the same run. A key the old record lacks counts as equal when the new value is `cls`'s
+    default: a config field added to the toolkit later must not invalidate every finished run."""
+    a, b = _plain(old), _plain(new)
+    if root is not None:
+        a = relative_to_run(a, root(old) if callable(root) else root)
+        b = relative_to_run(b, root(new) if callable(root) else root)
+    defaults = {}
+    for f in dataclasses.fields(cls) if cls is not None else ():
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = _plain(to_dict(f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = _plain(to_dict(f.default_factory()))
+    diff = []
+    for k in sorted((set(a) | set(b)) - NON_SEMANTIC_KEYS):
+        if k not in a and k in defaults and b.get(k) == defaults[k]:
+            continue
+        if a.get(k) != b.get(k):
+            diff.append(k)
+    return diff
+
+
+def describe_diff(old: dict, new: dict, keys: list[str]) -> str:
+    parts = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]]
+    more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def field_docs(cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, comment) of every field of config dataclass `cls` (inherited ones
+    included), the comment being the `# ...` on the field's line in the source: `--help` is generated
+    from the dataclasses, so it cannot drift from them."""
+    import inspect
+    import io
+    import tokenize
+
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        pending: str | None = None  # a field whose value spans lines: its comment may follow later
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.line[4:].startswith(tok.string + ":"):
+                pending = tok.string
+            elif tok.type == tokenize.COMMENT and pending is not None:
+                text = tok.string.lstrip("#").strip()
+                if text and not text.startswith("noqa"):
+                    comments[pending] = text
+                    pending = None
+            elif tok.type == tokenize.NEWLINE:
+                pending = None
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            default = "{...}" if dataclasses.is_dataclass(value) else repr(value)
+        else:
+            default = "(required)"
+        out.append((f.name, _type_name(hints[f.name]), default, comments.get(f.name, "")))
+    return out

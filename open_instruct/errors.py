@@ -12,3 +12,8 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A bad data file, row or column."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: the message says where it stopped and how to resume (the CLI prints it as
+    one line and exits 130, the shell's code for SIGINT)."""

@@ -74,6 +74,22 @@ def load_tokenizer(
     return tok
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Sets every dropout probability to 0 (nn.Dropout modules and the attention dropout HF models read
+    from their config): RL compares log-probs of the same tokens across forwards (old vs new policy,
+    policy vs reference, learner vs vLLM), and dropout noise in any of them biases ratios and KL."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    config = getattr(model, "config", None)
+    for key in list(vars(config)) if config is not None else []:
+        if "dropout" in key and isinstance(getattr(config, key), float):
+            setattr(config, key, 0.0)
+    return model
+
+
 class Policy:
     """A causal LM plus its tokenizer; `logprobs` is the one forward every loss builds on."""
 
@@ -161,18 +177,28 @@ class Policy:
         self.tokenizer.save_pretrained(out_dir)
 
 
-def token_logprobs(model: torch.nn.Module, batch: dict, return_entropy: bool = False):
+def token_logprobs(
+    model: torch.nn.Module, batch: dict, return_entropy: bool = False, temperature: float = 1.0
+):
+    """`[B, T]` log-probs of the labels; with `temperature` the distribution vLLM samples from at that
+    temperature (logits / T), which is what RL's importance ratios and KL terms compare."""
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
     logits = model(**kwargs, use_cache=False).logits
-    return logprobs_from_logits(logits, batch["labels"], return_entropy=return_entropy)
+    return logprobs_from_logits(
+        logits, batch["labels"], return_entropy=return_entropy, temperature=temperature
+    )
 
 
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, return_entropy: bool = False):
-    """Shifted log-probs of `labels` under `logits`, without materialising a full log-softmax copy
-    in fp32 when logits are bf16 (log-softmax in fp32 per chunk of rows)."""
+def logprobs_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, return_entropy: bool = False, temperature: float = 1.0
+):
+    """Shifted log-probs of `labels` under `logits / temperature`, without materialising a full
+    log-softmax copy in fp32 when logits are bf16."""
     shifted = logits[:, :-1]
+    if temperature != 1.0:
+        shifted = shifted / temperature
     targets = labels[:, 1:]
     mask = targets != -100
     safe = targets.clamp(min=0)
@@ -182,7 +208,10 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, return_entr
     out[:, 1:] = (picked - lse) * mask
     if not return_entropy:
         return out
-    probs = F.softmax(shifted.float(), dim=-1)
-    ent = torch.zeros_like(out)
-    ent[:, 1:] = (lse - (probs * shifted.float()).sum(-1)) * mask
+    # the entropy is a metric: computed without autograd so it keeps no fp32 copies of the logits alive
+    # for backward (8 bytes per logit at the peak otherwise)
+    with torch.no_grad():
+        logits32 = shifted.detach().float()
+        ent = torch.zeros_like(out)
+        ent[:, 1:] = (lse.detach() - (F.softmax(logits32, dim=-1) * logits32).sum(-1)) * mask
     return out, ent

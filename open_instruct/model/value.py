@@ -98,8 +98,10 @@ class ActorCritic(nn.Module):
         self.policy = policy
         self.value = value
 
-    def forward(self, batch: dict, with_values: bool = True, return_entropy: bool = False):
-        lp = token_logprobs(self.policy, batch, return_entropy=return_entropy)
+    def forward(
+        self, batch: dict, with_values: bool = True, return_entropy: bool = False, temperature: float = 1.0
+    ):
+        lp = token_logprobs(self.policy, batch, return_entropy=return_entropy, temperature=temperature)
         values = token_values(self.value, batch) if (with_values and self.value is not None) else None
         return lp, values
 

@@ -16,6 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..io import atomic_write_json, fsync_dir, fsync_file, readable_mode
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -49,10 +51,7 @@ def write_manifest(ckpt_dir: Path, extra: dict | None = None) -> dict:
             digest, algo = file_checksum(p)
             files[str(p.relative_to(ckpt_dir))] = {"size": p.stat().st_size, "checksum": digest}
     manifest = {"algorithm": algo, "files": files, **(extra or {})}
-    tmp = ckpt_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync_file(tmp)
-    os.replace(tmp, ckpt_dir / MANIFEST)
+    atomic_write_json(ckpt_dir / MANIFEST, manifest, sort_keys=True)
     return manifest
 
 
@@ -76,22 +75,6 @@ def verify(ckpt_dir: Path) -> str | None:
     return None
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def tmp_dir_for(parent: Path, name: str) -> Path:
     return parent / f".tmp-{name}"
 
@@ -101,7 +84,7 @@ def commit(tmp: Path, final: Path, extra_manifest: dict | None = None) -> None:
     write_manifest(tmp, extra_manifest)
     for p in tmp.rglob("*"):
         if p.is_file():
-            _fsync_file(p)
+            fsync_file(p)
     if final.exists():
         trash = final.parent / f".old-{final.name}"
         shutil.rmtree(trash, ignore_errors=True)
@@ -110,7 +93,7 @@ def commit(tmp: Path, final: Path, extra_manifest: dict | None = None) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def list_steps(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -163,19 +146,21 @@ def publish_model(tmp: Path, out_dir: Path) -> str:
     if stale.exists():
         stale.unlink()
     files = {}
+    mode = readable_mode()  # some writers (safetensors, tokenizers) leave 0600 files: publish readable ones
     for p in sorted(tmp.iterdir()):
         if p.is_file():
-            _fsync_file(p)
+            fsync_file(p)
+            os.chmod(p, mode)
             files[p.name] = {"size": p.stat().st_size, "checksum": file_checksum(p)[0]}
             os.replace(p, out_dir / p.name)
     shutil.rmtree(tmp, ignore_errors=True)
     digest = _digest_of(files)
-    manifest = {"algorithm": _hasher()[1], "files": files, "digest": digest}
-    part = out_dir / (MODEL_MANIFEST + ".tmp")
-    part.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync_file(part)
-    os.replace(part, out_dir / MODEL_MANIFEST)
-    _fsync_dir(out_dir)
+    atomic_write_json(
+        out_dir / MODEL_MANIFEST,
+        {"algorithm": _hasher()[1], "files": files, "digest": digest},
+        sort_keys=True,
+    )
+    fsync_dir(out_dir)
     return digest
 
 

@@ -52,7 +52,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("dpo", "dpo_norm", "simpo", "ipo")
+from .config import LOSS_TYPES
+
 # Loss types whose log-probs are divided by the response length.
 _LENGTH_NORMALISED = ("dpo_norm", "simpo", "ipo")
 

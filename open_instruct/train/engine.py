@@ -28,107 +28,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..io import atomic_write_json
 from . import checkpoint as ckpt
+from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 DS_CONFIG_DIR = Path(__file__).parent / "ds_configs"
-
-
-@dataclass
-class TrainConfig:
-    """Fields every trained stage (SFT, DPO) shares. Names follow open-instruct/HF where they exist."""
-
-    # model
-    model_name_or_path: str = ""
-    tokenizer_name_or_path: str | None = None
-    chat_template: str | None = "tulu"  # tulu | olmo | null (keep the tokenizer's own)
-    add_bos: bool = False  # OLMo 2: BOS in front of the tulu template
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    gradient_checkpointing: bool = False
-    use_lora: bool = False
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    # data
-    dataset_mix: str = ""  # a data-mix YAML or a single .jsonl/.json/.parquet file
-    max_seq_length: int = 2048
-    packing: bool = False
-    preprocessing_num_workers: int = 1
-    # optimisation
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int | None = None  # derived from total_batch_size when null
-    total_batch_size: int | None = None  # effective batch = per_device * accumulation * processes
-    learning_rate: float = 2e-5
-    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0  # <= 0 disables clipping
-    num_train_epochs: float = 1.0
-    max_train_steps: int | None = None
-    seed: int = 42
-    # distribution
-    deepspeed: str | None = None  # zero2 | zero3 | path/to/ds_config.json
-    # output, checkpoints, tracking
-    output_dir: str = ""
-    checkpointing_steps: int = 0  # 0: only the final model
-    keep_last_checkpoints: int = 2
-    logging_steps: int = 1
-    wandb_project: str | None = None
-    wandb_run_name: str | None = None
-
-    @property
-    def generates_data(self) -> bool:
-        """True when the stage makes its own training data (DPO `policy_pairs`)."""
-        return False
-
-    def validate(self, where: str) -> None:
-        if not self.model_name_or_path:
-            raise ConfigError(f"{where}: missing required key 'model_name_or_path'")
-        if not self.dataset_mix and not self.generates_data:
-            raise ConfigError(f"{where}: missing required key 'dataset_mix'")
-        if not self.output_dir:
-            raise ConfigError(f"{where}: missing required key 'output_dir'")
-        for name in ("per_device_train_batch_size", "max_seq_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"{where}.learning_rate: must be > 0, got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"{where}.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if self.chat_template not in (None, "tulu", "olmo"):
-            raise ConfigError(f"{where}.chat_template: {self.chat_template!r} is not one of tulu, olmo, null")
-        if self.deepspeed and self.deepspeed not in ("zero2", "zero3") and not Path(self.deepspeed).is_file():
-            raise ConfigError(
-                f"{where}.deepspeed: {self.deepspeed!r} is neither zero2, zero3 nor an existing file"
-            )
-        self.accumulation_steps(world_size=1, where=where) if self.total_batch_size else None
-
-    def accumulation_steps(self, world_size: int, where: str = "config") -> int:
-        """Gradient accumulation steps so that the effective batch is `total_batch_size`."""
-        if self.total_batch_size is None:
-            return self.gradient_accumulation_steps or 1
-        per_step = self.per_device_train_batch_size * world_size
-        if self.total_batch_size % per_step:
-            raise ConfigError(
-                f"{where}.total_batch_size: {self.total_batch_size} is not divisible by "
-                f"per_device_train_batch_size ({self.per_device_train_batch_size}) x processes ({world_size})"
-            )
-        accum = self.total_batch_size // per_step
-        if self.gradient_accumulation_steps not in (None, accum):
-            raise ConfigError(
-                f"{where}.gradient_accumulation_steps: {self.gradient_accumulation_steps} contradicts "
-                f"total_batch_size {self.total_batch_size} = {self.per_device_train_batch_size} x "
-                f"{world_size} processes x {accum}"
-            )
-        return accum
 
 
 @dataclass
@@ -151,8 +57,9 @@ class BatchPlan:
     def num_steps(self) -> int:
         if math.isinf(self.num_epochs):  # RL: as many passes over the prompts as the steps need
             return self.max_steps
-        full = int(math.ceil(self.steps_per_epoch * self.num_epochs))
-        return min(full, self.max_steps) if self.max_steps else full
+        if self.max_steps:  # as HF Trainer and open-instruct: max steps win, epochs extend if needed
+            return self.max_steps
+        return int(math.ceil(self.steps_per_epoch * self.num_epochs))
 
     def indices(self, step: int) -> np.ndarray:
         epoch, k = divmod(step, self.steps_per_epoch)
@@ -414,7 +321,7 @@ class Engine:
         acc.wait_for_everyone()
         if self.is_main:
             state = {"step": step, **(extra or {})}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            atomic_write_json(tmp / "trainer_state.json", state)
             ckpt.commit(tmp, final, {"step": step})
             ckpt.prune(self.ckpt_root, self.cfg.keep_last_checkpoints)
         acc.wait_for_everyone()
@@ -435,6 +342,16 @@ class Engine:
         if self.is_main:
             log.info("resumed from %s (step %d)", path, step)
         return state
+
+    def broadcast(self, value):
+        """Process 0's `value` (any picklable object) on every process."""
+        if self.world_size == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
 
     # ---- final model -------------------------------------------------------------------------
     def unwrapped(self) -> torch.nn.Module:

@@ -1,31 +1,24 @@
 """SFT stage: token cross-entropy on assistant turns, `sum` (Tülu 3) or `mean` loss reduction.
 
 open-instruct sft --config sft.yaml [--set key=value ...]
+open-instruct sft --model PATH_OR_ID --data data.jsonl --output DIR [--set key=value ...]
 accelerate launch --num_processes 2 -m open_instruct.cli sft --config sft.yaml
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from ..config import load_config
 from ..errors import ConfigError
 from . import stage
-from .engine import Engine, LossOut, TrainConfig
+from .config import SFTConfig, short_form
+from .engine import Engine, LossOut
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SFTConfig(TrainConfig):
-    # Tülu 3 summed the per-token loss: every token weighs the same, whatever its sequence length.
-    loss_reduction: Literal["sum", "mean"] = "sum"
-    learning_rate: float = 5e-6
 
 
 def sft_loss(model: torch.nn.Module, batch: dict) -> LossOut:
@@ -48,24 +41,20 @@ def run_sft(cfg: SFTConfig) -> Path:
     engine.prepare(policy.model, plan.num_steps)
 
     def micro_batch(indices):
-        return stage.collate(cfg, tokenizer, stage.rows(data.dataset, indices))
+        from ..data.examples import take
 
-    stage.train_loop(
-        cfg, engine, plan, micro_batch, sft_loss, desc="sft", extra_state={"data_hash": data.data_hash}
-    )
-    stage.finish(
-        cfg,
-        engine,
-        policy,
-        panels=[("loss", ["loss"]), ("learning rate", ["lr"]), ("grad norm", ["grad_norm"])],
-        name="sft",
-    )
+        return stage.collate(cfg, tokenizer, take(data.dataset, indices))
+
+    stage.train_loop(cfg, engine, plan, micro_batch, sft_loss, "sft", data.data_hash)
+    stage.finish(cfg, engine, policy, name="sft")
     return out
 
 
 def sft_command(args) -> int:
-    if not args.config and not args.overrides:
-        raise ConfigError("sft: give --config FILE.yaml (and/or --set key=value)")
-    cfg = load_config(SFTConfig, args.config, args.overrides)
-    run_sft(cfg)
+    short, overrides = short_form(args), getattr(args, "overrides", None) or []
+    if not args.config and not short and not overrides:
+        raise ConfigError(
+            "sft: give --config FILE.yaml, or --model PATH --data FILE --output DIR (and --set key=value)"
+        )
+    run_sft(load_config(SFTConfig, args.config, overrides, on_top=short, where="sft"))
     return 0

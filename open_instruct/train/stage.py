@@ -1,23 +1,23 @@
-"""The plumbing SFT and DPO share around the engine: tokenizer and data loading, the batch plan,
-the step loop with resume/checkpoints/tracking, and publishing the final model."""
+"""What SFT, DPO and the RLVR learner share around the engine: the tokenizer, the stage's data, the batch
+plan, the policy (and its frozen reference), the "already finished?" check, and publishing the final
+model. The step loop itself is loop.py."""
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from ..config import relative_to_run, to_dict
+from ..config import config_diff, describe_diff, to_dict
 from ..errors import ConfigError
+from ..io import atomic_write_json
 from ..model.policy import LoraSettings, Policy, load_tokenizer
-from ..track import Tracker, plot_metrics
+from ..track import plot_stage
 from . import checkpoint as ckpt
-from .engine import BatchPlan, Engine, LossOut, TrainConfig
+from .config import TrainConfig
+from .engine import BatchPlan, Engine
+from .loop import StepLoop
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +31,16 @@ def load_stage_tokenizer(cfg: TrainConfig):
     )
 
 
-def load_tokenized(cfg: TrainConfig, tokenizer, kind: str, **settings):
-    """The stage's data mix, validated and tokenised (cached on disk by content + settings)."""
+def load_tokenized(cfg: TrainConfig, tokenizer, kind: str, mix: str | None = None, **settings):
+    """The stage's data mix (or `mix`), validated and tokenised (cached on disk by content + settings)."""
     from ..data.mixes import load_mix
     from ..data.tokenize import tokenize_data
 
-    mix = load_mix(cfg.dataset_mix, kind=kind)
+    loaded = load_mix(mix or cfg.dataset_mix, kind=kind)
     workers = cfg.preprocessing_num_workers if cfg.preprocessing_num_workers > 1 else None
     return tokenize_data(
-        mix, tokenizer, kind, max_seq_length=cfg.max_seq_length, num_proc=workers, **settings
+        loaded, tokenizer, kind, max_seq_length=cfg.max_seq_length, num_proc=workers, **settings
     )
-
-
-def rows(dataset, indices) -> list[dict]:
-    """Examples at `indices` as dicts (one Arrow read, not one per row)."""
-    cols = dataset[[int(i) for i in indices]]
-    keys = list(cols)
-    return [dict(zip(keys, vals)) for vals in zip(*(cols[k] for k in keys))]
 
 
 def make_plan(cfg: TrainConfig, engine: Engine, num_examples: int, data_name: str | None = None) -> BatchPlan:
@@ -63,10 +56,14 @@ def make_plan(cfg: TrainConfig, engine: Engine, num_examples: int, data_name: st
     return plan
 
 
-def load_policy(cfg: TrainConfig, tokenizer, trainable: bool = True) -> Policy:
-    lora = LoraSettings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout) if cfg.use_lora else None
+def load_policy(
+    cfg: TrainConfig, tokenizer, trainable: bool = True, name_or_path: str | None = None
+) -> Policy:
+    lora = (
+        LoraSettings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout) if cfg.use_lora and trainable else None
+    )
     return Policy.load(
-        cfg.model_name_or_path,
+        name_or_path or cfg.model_name_or_path,
         tokenizer=tokenizer,
         dtype=cfg.dtype,
         attn_implementation=cfg.attn_implementation,
@@ -78,6 +75,22 @@ def load_policy(cfg: TrainConfig, tokenizer, trainable: bool = True) -> Policy:
     )
 
 
+def load_reference(
+    cfg: TrainConfig, tokenizer, engine: Engine, policy: Policy | None = None, name_or_path=None
+):
+    """The frozen reference model of DPO (`reference: live`, or a separate reference for the cached pass)
+    and RLVR (the KL term), ready for no-grad forwards on this engine. It is the starting policy (a copy
+    of `policy`, taken before the engine wraps it) or the checkpoint `name_or_path`. Under ZeRO-3 the
+    policy was loaded as shards and a copy of shards is no model: the reference is loaded again (sharded
+    too) and run by its own optimizer-less DeepSpeed engine."""
+    name = name_or_path or cfg.model_name_or_path
+    if policy is not None and name == cfg.model_name_or_path and not engine.zero3:
+        model = policy.frozen_copy().model
+    else:
+        model = load_policy(cfg, tokenizer, trainable=False, name_or_path=name).model
+    return engine.prepare_frozen(model)
+
+
 def collate(cfg: TrainConfig, tokenizer, examples: list[dict]) -> dict:
     from ..data.collate import pack_collate, pad_collate
 
@@ -87,96 +100,65 @@ def collate(cfg: TrainConfig, tokenizer, examples: list[dict]) -> dict:
 
 
 def already_done(cfg) -> bool:
-    """True when output_dir holds an intact finished model trained with this very config; a
-    finished run with a different config is an error (never silently reused or overwritten)."""
+    """True when output_dir holds an intact finished model trained with this very config (the same rule
+    recipes use: config.config_diff); a finished run with a different config is an error, never
+    silently reused or overwritten."""
     out = Path(cfg.output_dir)
     if ckpt.verify_model(out) is None:
         return False
     saved = out / "resolved_config.yaml"
     old = yaml.safe_load(saved.read_text()) if saved.exists() else None
-    # compared relative to the output dir: a moved output dir still holds the same run
-    if old is not None and relative_to_run(old, old.get("output_dir", out)) == relative_to_run(
-        to_dict(cfg), out
-    ):
-        log.info("%s already holds the finished model for this config; nothing to do", out)
-        return True
-    raise ConfigError(f"{out}: holds a finished run with a different config; choose a new output_dir")
-
-
-def write_resolved_config(cfg, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "resolved_config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(out / "resolved_config.yaml")
+    new = to_dict(cfg)
+    if old is not None:
+        # paths inside the output dir compare relative to it: a moved output dir holds the same run
+        diff = config_diff(old, new, type(cfg), root=lambda c: c.get("output_dir") or out)
+        if not diff:
+            log.info("%s already holds the finished model for this config; nothing to do", out)
+            return True
+        raise ConfigError(
+            f"{out}: holds a finished run with a different config ({describe_diff(old, new, diff)}); "
+            f"choose a new output_dir"
+        )
+    raise ConfigError(f"{out}: holds a finished model with no resolved_config.yaml; choose a new output_dir")
 
 
 def train_loop(
-    cfg: TrainConfig,
-    engine: Engine,
-    plan: BatchPlan,
-    micro_batch: Callable,
-    loss_fn: Callable[..., LossOut],
-    desc: str,
-    extra_state: dict | None = None,
-    on_step: Callable[[int, dict], None] | None = None,
+    cfg, engine: Engine, plan: BatchPlan, micro_batch, loss_fn, desc: str, data_hash=None, on_step=None
 ) -> int:
-    """Steps from the last complete checkpoint (or 0) to `plan.num_steps`; returns the last step."""
-    out = Path(cfg.output_dir)
-    if engine.is_main:
-        write_resolved_config(cfg, out)
-    state = engine.resume()
-    start = state["step"] if state else 0
-    if state and extra_state and state.get("data_hash") not in (None, extra_state.get("data_hash")):
-        raise ConfigError(
-            f"{out}: the checkpoint was trained on different data "
-            f"(hash {state['data_hash']} != {extra_state['data_hash']}); use a new output_dir"
-        )
-    tracker = Tracker(
-        out,
-        total_steps=plan.num_steps,
-        start_step=start,
-        desc=desc,
-        enabled=engine.is_main,
-        wandb_project=cfg.wandb_project,
-        wandb_run_name=cfg.wandb_run_name,
-        config=to_dict(cfg),
-    )
-    if start and engine.is_main:
-        log.info("%s: resuming at step %d/%d", desc, start, plan.num_steps)
-    t_start = time.time()
-    for step in range(start, plan.num_steps):
-        shards = plan.shard(step, engine.process_index, engine.world_size, engine.accumulation)
-        metrics = engine.step([micro_batch(ix) for ix in shards], loss_fn)
-        metrics["epoch"] = (step + 1) / plan.steps_per_epoch
-        if on_step is not None:
-            on_step(step + 1, metrics)
-        if (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == plan.num_steps:
-            tracker.log(step + 1, metrics)
-        if (
-            cfg.checkpointing_steps
-            and (step + 1) % cfg.checkpointing_steps == 0
-            and step + 1 < plan.num_steps
-        ):
-            engine.save_checkpoint(step + 1, extra_state)
-    tracker.close()
-    if engine.is_main:
-        log.info("%s: %d steps in %.1fs", desc, plan.num_steps - start, time.time() - t_start)
+    """SFT's and DPO's loop: each step runs this process's micro-batches through the engine."""
+    with StepLoop(cfg, engine, plan.num_steps, desc, data_hash) as loop:
+        for step in loop.steps():
+            shards = plan.shard(step, engine.process_index, engine.world_size, engine.accumulation)
+            metrics = engine.step([micro_batch(ix) for ix in shards], loss_fn)
+            metrics["epoch"] = (step + 1) / plan.steps_per_epoch
+            if on_step is not None:
+                on_step(step + 1, metrics)
+            loop.end_step(step + 1, metrics)
     return plan.num_steps
 
 
-def finish(cfg: TrainConfig, engine: Engine, policy: Policy, panels: list, name: str) -> str | None:
-    """Gathers the weights, publishes the HF checkpoint into output_dir atomically, plots metrics.
-    Returns the model digest (main process)."""
+def publish(out: Path, save, name: str, summary: dict | None = None) -> str:
+    """Main process: `save(tmp_dir)` writes the HF checkpoint, which is moved into `out` atomically
+    (model_manifest.json last); then the stage's plots and train_summary.json. Returns the digest."""
+    import shutil
+
+    tmp = out / ".tmp-model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    digest = ckpt.publish_model(tmp, out)
+    plot_stage(out / "metrics.jsonl", out / f"{name}_curves.png", name, title=f"{name}: {out}")
+    atomic_write_json(out / "train_summary.json", {"stage": name, "model_digest": digest, **(summary or {})})
+    return digest
+
+
+def finish(cfg: TrainConfig, engine: Engine, policy: Policy, name: str) -> str | None:
+    """Gathers the weights (every process must call it) and publishes the policy (main process).
+    Returns the model digest on the main process."""
     out = Path(cfg.output_dir)
     state_dict = engine.full_state_dict()
     digest = None
     if engine.is_main:
-        tmp = out / ".tmp-model"
-        shutil.rmtree(tmp, ignore_errors=True)
         policy.model = engine.unwrapped()
-        policy.save(tmp, state_dict=state_dict)
-        digest = ckpt.publish_model(tmp, out)
-        plot_metrics(out / "metrics.jsonl", out / f"{name}_curves.png", panels, title=f"{name}: {out}")
-        (out / "train_summary.json").write_text(json.dumps({"stage": name, "model_digest": digest}, indent=1))
+        digest = publish(out, lambda tmp: policy.save(tmp, state_dict=state_dict), name)
     engine.accelerator.wait_for_everyone()
     return digest

@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file
 
 from open_instruct.config import from_dict
-from open_instruct.errors import DataError
+from open_instruct.errors import DataError, Interrupted
 from open_instruct.rl import rlvr as rlvr_mod
 from open_instruct.rl.rlvr import RLVRConfig, run_rlvr
 
@@ -79,17 +79,19 @@ def test_interrupted_and_resumed_equals_uninterrupted(sft_model_dir, tmp_path, r
     run_rlvr(_cfg(sft_model_dir, straight, checkpointing_steps=2))
 
     resumed = tmp_path / "resumed"
-    real_learn = rlvr_mod.RLVRRun.learn
+    real_learn = rlvr_mod.learn
 
-    def dying_learn(self, step, *a, **k):
+    def dying_learn(cfg, learner, batch, step, *a, **k):
         if step == 2:  # after the step-2 checkpoint
-            raise KeyboardInterrupt("simulated kill")
-        return real_learn(self, step, *a, **k)
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return real_learn(cfg, learner, batch, step, *a, **k)
 
-    monkeypatch.setattr(rlvr_mod.RLVRRun, "learn", dying_learn)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(rlvr_mod, "learn", dying_learn)
+    with pytest.raises(
+        Interrupted, match=r"rlvr-grpo interrupted at step 2/\d+ .*newest checkpoint is step 2"
+    ):
         run_rlvr(_cfg(sft_model_dir, resumed, checkpointing_steps=2))
-    monkeypatch.setattr(rlvr_mod.RLVRRun, "learn", real_learn)
+    monkeypatch.setattr(rlvr_mod, "learn", real_learn)
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)
@@ -151,7 +153,10 @@ def test_unknown_verifier_fails_before_any_engine_starts(tiny_model_dir, tmp_pat
         "dataset": "no_such_verifier",
     }
     data.write_text(json.dumps(row) + "\n")
-    monkeypatch.setattr(rlvr_mod.RLVRRun, "start_engines", lambda self: pytest.fail("engines started"))
+    from open_instruct.generation.group import RolloutGroup
+
+    monkeypatch.setattr(RolloutGroup, "__init__", lambda self, cfg: pytest.fail("engines started"))
+    monkeypatch.setattr(rlvr_mod, "Learner", lambda *a, **k: pytest.fail("the model was loaded first"))
     with pytest.raises(DataError, match="no_such_verifier"):
         run_rlvr(
             _cfg(

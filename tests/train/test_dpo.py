@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from open_instruct.config import from_dict
-from open_instruct.errors import ConfigError, DataError
+from open_instruct.errors import ConfigError, DataError, Interrupted
 from open_instruct.train import ref_cache
 from open_instruct.train.dpo import DPOConfig, make_batch, make_loss_fn, response_logps, run_dpo
 
@@ -468,7 +468,7 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(tiny_model_dir, 
             raise KeyboardInterrupt("simulated interruption")
 
     cfg = _cfg(tiny_model_dir, data_dir / "p64.jsonl", tmp_path / "resumed", **kw)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="dpo interrupted at step 4/6 .*newest checkpoint is step 4"):
         _run(cfg, on_step=crash)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     assert (tmp_path / "resumed" / "checkpoints" / "step_4").is_dir()

@@ -93,7 +93,7 @@ def test_pairs_are_the_policys_right_and_wrong_answers_and_are_reused(sft_model_
     (again / "policy_pairs").mkdir(parents=True)
     for name in ("train.jsonl", "train.json", "eval.jsonl", "eval.json"):
         (again / "policy_pairs" / name).write_bytes((made / name).read_bytes())
-    from open_instruct.data import policy_pairs
+    from open_instruct.generation import policy_pairs
 
     def no_engine(self):
         raise AssertionError("the pairs should have been reused, not sampled again")

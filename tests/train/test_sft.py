@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from open_instruct.config import load_config
-from open_instruct.errors import ConfigError
+from open_instruct.errors import ConfigError, Interrupted
 from open_instruct.train import engine as engine_mod
 from open_instruct.train.sft import SFTConfig, run_sft
 
@@ -70,7 +70,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, tmp_path,
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(engine_mod.Engine, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
+    # Ctrl-C: one line saying where it stopped and how to resume (the CLI prints it, exit 130)
+    with pytest.raises(
+        Interrupted,
+        match=r"^sft interrupted at step 6/12 in .*resumed: the newest checkpoint is step 4; rerun",
+    ):
         run_sft(_cfg(tiny_model_dir, resumed, checkpointing_steps=4))
     assert (resumed / "checkpoints" / "step_4").is_dir()
     assert not (resumed / "model.safetensors").exists()

@@ -8,8 +8,9 @@ import pytest
 
 from open_instruct.errors import ConfigError
 from open_instruct.train import checkpoint as ckpt
+from open_instruct.train.loop import write_resolved_config
 from open_instruct.train.sft import SFTConfig
-from open_instruct.train.stage import already_done, write_resolved_config
+from open_instruct.train.stage import already_done
 
 
 def _finished_run(out, cfg):

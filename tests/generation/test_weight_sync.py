@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from open_instruct.errors import UserError
-from open_instruct.rl.preflight import PreflightError, compare_logprobs, hf_logprob_fn, preflight_kl
-from open_instruct.rl.rollout import RolloutConfig, RolloutGroup
-from open_instruct.rl.weight_sync import (
+from open_instruct.generation.config import RolloutConfig
+from open_instruct.generation.group import RolloutGroup
+from open_instruct.generation.transports import (
     broadcast_plan,
     broadcast_tensors,
     ipc_handles,
@@ -29,7 +29,8 @@ from open_instruct.rl.weight_sync import (
     nccl_rank_offsets,
     serialize_safetensors,
 )
-from open_instruct.rl.worker_ext import WeightSyncExtension, receive_broadcast
+from open_instruct.generation.worker_ext import WeightSyncExtension, receive_broadcast
+from open_instruct.rl.preflight import PreflightError, compare_logprobs, hf_logprob_fn, preflight_kl
 
 SEQS = [
     [5, 17, 99, 3, 250, 42, 7, 8, 300, 12],

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct import lineage as lin
-from open_instruct import pipeline
 from open_instruct.errors import ConfigError
+from open_instruct.recipe import lineage as lin
+from open_instruct.recipe.launch import reset_accelerate
+from open_instruct.recipe.load import load_plan
+from open_instruct.recipe.run import run_recipe
+from open_instruct.recipe.state import assess_stages
 from open_instruct.train import engine as engine_mod
 from open_instruct.train.checkpoint import model_digest, verify_model
 
@@ -64,9 +67,7 @@ def _run(out: Path, extra: tuple[str, ...] = ()) -> str:
     os.chdir(REPO)
     try:
         with contextlib.redirect_stdout(buf):
-            pipeline.run_recipe(
-                REPO / "recipes/tiny.yaml", overrides=OVERRIDES + list(extra), output=str(out)
-            )
+            run_recipe(REPO / "recipes/tiny.yaml", overrides=OVERRIDES + list(extra), output=str(out))
     finally:
         os.chdir(cwd)
         print(buf.getvalue())  # shown by pytest on failure
@@ -104,7 +105,7 @@ def runs(tmp_path_factory):
             _run(out)
     finally:
         engine_mod.Engine.save_checkpoint = real_save
-        pipeline.reset_accelerate()
+        reset_accelerate()
     after_kill = {
         "sft_files": _model_files(out),
         "dpo_lineage": lin.read(out / "dpo"),
@@ -215,7 +216,7 @@ def test_changed_config_of_a_finished_stage_is_refused_before_training(runs, tmp
     os.chdir(REPO)
     try:
         with pytest.raises(ConfigError) as info:
-            pipeline.run_recipe(
+            run_recipe(
                 REPO / "recipes/tiny.yaml", overrides=[*OVERRIDES, "dpo.beta=0.2"], output=str(runs["out"])
             )
     finally:
@@ -251,8 +252,8 @@ def test_a_moved_interrupted_run_resumes(runs):
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        plan = pipeline.load_plan(REPO / "recipes/tiny.yaml", OVERRIDES, str(moved))
-        pipeline.assess_stages(plan, model_digest(str(moved / "base")))
+        plan = load_plan(REPO / "recipes/tiny.yaml", OVERRIDES, str(moved))
+        assess_stages(plan, model_digest(str(moved / "base")))
     finally:
         os.chdir(cwd)
     assert [sp.status for sp in plan.stages] == ["done", "resume", "pending"]

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from open_instruct import pipeline
 from open_instruct.errors import ConfigError, DataError, UserError
-from open_instruct.pipeline import apply_recipe_overrides, run_recipe
+from open_instruct.recipe import run as recipe_run
+from open_instruct.recipe.load import apply_recipe_overrides
+from open_instruct.recipe.run import run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,7 @@ def no_training(monkeypatch):
     def refuse(plan):
         raise ReachedTraining("validation passed and the run started")
 
-    monkeypatch.setattr(pipeline, "run_plan", refuse)
+    monkeypatch.setattr(recipe_run, "run_plan", refuse)
 
 
 def _fails(recipe, tmp_path, exc=UserError, overrides=None, *, contains=()):
@@ -167,7 +168,7 @@ def test_rlvr_mini_batch_arithmetic(tiny_recipe, tmp_path):
         overrides=["rlvr.num_mini_batches=3"],
         contains=("stage rlvr.num_mini_batches", "does not divide"),
     )
-    # the learner over processes: each mini-batch must split evenly, on one node
+    # the learner over processes: each mini-batch must split evenly, and processes evenly over nodes
     _fails(
         tiny_recipe(),
         tmp_path,
@@ -179,26 +180,40 @@ def test_rlvr_mini_batch_arithmetic(tiny_recipe, tmp_path):
         tiny_recipe(),
         tmp_path,
         ConfigError,
-        overrides=["rlvr.num_processes=2", "rlvr.nodes=2"],
-        contains=("stage rlvr.nodes", "one node"),
+        overrides=["rlvr.num_processes=3", "rlvr.nodes=2", "rlvr.per_device_train_batch_size=8"],
+        contains=("stage rlvr.num_processes", "3 processes do not split evenly over 2 nodes"),
     )
 
 
 def test_rlvr_learner_over_processes_in_the_plan(tiny_recipe, tmp_path):
-    from open_instruct import pipeline
-
-    text = pipeline.run_recipe(
+    text = run_recipe(
         tiny_recipe(),
         overrides=["rlvr.num_processes=2", "rlvr.per_device_train_batch_size=8", "rlvr.deepspeed=zero3"],
         output=str(tmp_path / "out"),
         dry_run=True,
     )
-    assert "mini-batch 32 sequences = 8 per process x 2 learner process(es) x 2 accumulation step(s)" in text
+    assert (
+        "mini-batch 32 sequences = 8 per process x 2 learner process(es) on 1 node(s) x 2 accumulation step(s)"
+        in text
+    )
+    # and over nodes: the same learner processes, 1 per node on 2 nodes
+    text = run_recipe(
+        tiny_recipe(),
+        overrides=[
+            "rlvr.num_processes=2",
+            "rlvr.nodes=2",
+            "rlvr.per_device_train_batch_size=8",
+            "rlvr.deepspeed=zero3",
+        ],
+        output=str(tmp_path / "out2"),
+        dry_run=True,
+    )
+    assert "8 per process x 2 learner process(es) on 2 node(s) x 2 accumulation step(s)" in text
 
 
 def test_pipeline_owned_keys_are_refused(tiny_recipe, tmp_path):
     path = tiny_recipe(lambda d: _stage(d, "dpo").update(model_name_or_path="somewhere"))
-    _fails(path, tmp_path, ConfigError, contains=("stage dpo.model_name_or_path", "set by the pipeline"))
+    _fails(path, tmp_path, ConfigError, contains=("stage dpo.model_name_or_path", "set by the recipe runner"))
 
 
 def test_unknown_set_target(tiny_recipe, tmp_path):

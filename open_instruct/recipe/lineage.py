@@ -13,8 +13,8 @@ Fields (format 1):
   launch {num_processes, nodes}, packages {name: version}, git {commit, dirty}
   host, started_at, finished_at, wall_seconds
 
-The pipeline skips a finished stage only when its model digest verifies and config, parent digest
-and data fingerprints all equal the current ones (see pipeline.py).
+A recipe skips a finished stage only when its model digest verifies and config, parent digest and
+data fingerprints all equal the current ones (see state.py).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
-import os
 import platform
 import subprocess
 import time
 from pathlib import Path
+
+from ..io import atomic_write_json
 
 FORMAT = 1
 LINEAGE = "lineage.json"
@@ -61,7 +62,7 @@ def package_versions() -> dict[str, str | None]:
 
 def git_info(repo: str | Path | None = None) -> dict:
     """{"commit": sha or None, "dirty": bool or None} of the repository holding this package."""
-    root = Path(repo) if repo else Path(__file__).resolve().parents[1]
+    root = Path(repo) if repo else Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
@@ -130,8 +131,8 @@ def mix_fingerprint(mix_path: str) -> dict:
     """A cheap identity of a data mix without loading it: the parsed mix (seed, kind, every source's
     settings), with each local file named by its bytes' sha256 rather than its path -- moving the
     repo or the run directory does not change the data (hub sources: id/subset/split/amount)."""
-    from .config import to_dict
-    from .data.mixes import read_spec
+    from ..config import to_dict
+    from ..data.mixes import read_spec
 
     spec = to_dict(read_spec(Path(mix_path)))
     files = []
@@ -146,7 +147,7 @@ def mix_fingerprint(mix_path: str) -> dict:
 
 def mix_record(mix_path: str, kind: str) -> dict:
     """The full data record: fingerprint plus the normalised rows' content hash (loads the mix)."""
-    from .data.mixes import load_mix
+    from ..data.mixes import load_mix
 
     loaded = load_mix(mix_path, kind=kind)
     return {
@@ -175,11 +176,7 @@ def base_record(**fields) -> dict:
 
 
 def write(out_dir: Path, record: dict) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (LINEAGE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=False, default=str))
-    os.replace(tmp, out_dir / LINEAGE)
-    return out_dir / LINEAGE
+    return atomic_write_json(Path(out_dir) / LINEAGE, record)
 
 
 def read(out_dir: Path) -> dict | None:
@@ -194,3 +191,72 @@ def read(out_dir: Path) -> dict | None:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ----------------------------------------------------------------------------- a recipe stage's record
+
+
+def stage_record(plan, sp, parent_digest: str | None, status: str, started: str) -> dict:
+    """The record of stage `sp` of `plan` (a recipe.schema.Plan / StagePlan) while it runs."""
+    from ..config import to_dict
+
+    return base_record(
+        recipe={
+            "name": plan.recipe.name,
+            "path": str(plan.recipe_path),
+            "sha256": sha256_file(plan.recipe_path),
+            "overrides": plan.overrides,
+        },
+        stage={"name": sp.name, "type": sp.type, "index": sp.index},
+        status=status,
+        parent={
+            "name_or_path": sp.cfg.model_name_or_path,
+            "stage": None if sp.parent == "base" else sp.parent,
+            "digest": parent_digest,
+        },
+        model={"digest": None},
+        data={role: {"path": mix, **mix_fingerprint(mix)} for role, mix in sp.mixes.items()},
+        rewards={},
+        config=to_dict(sp.cfg),
+        launch={"num_processes": sp.num_processes, "nodes": sp.nodes},
+        started_at=started,
+    )
+
+
+def finished_record(plan, sp, parent_digest: str, digest: str, started: str, seconds: float | None) -> dict:
+    """The finished record: data content hashes (loads each mix), reward sources (RLVR)."""
+    from reward_fns.user_rewards import load_extra
+
+    from ..data.mixes import load_mix
+    from .stages import STAGE_TYPES
+
+    st = STAGE_TYPES[sp.type]
+    kinds = {role: kind for role, kind in st.mix_fields().values()}
+    rec = stage_record(plan, sp, parent_digest, "finished", started)
+    names: set[str] = set()
+    for role, mix in sp.mixes.items():
+        rec["data"][role] = mix_record(mix, kinds[role])
+        if kinds[role] == "rlvr":
+            names |= set(load_mix(mix, kind="rlvr").dataset.unique("dataset"))
+    made_dir = sp.out / "policy_pairs"  # DPO's on-policy pairs: the data it really trained on
+    for split in ("train", "eval"):
+        if (made_dir / f"{split}.jsonl").is_file():
+            rec["data"][f"policy_pairs_{split}"] = mix_record(str(made_dir / f"{split}.jsonl"), "preference")
+    if names:
+        modules = st.reward_modules(sp.cfg)
+        for spec in modules:
+            load_extra(spec)
+        rec["rewards"] = reward_sources(sorted(names))
+        rec["reward_modules"] = [{"spec": s, **_module_hash(s)} for s in modules]
+    rec["model"] = {"digest": digest, "path": str(sp.out)}
+    rec["finished_at"] = now()
+    rec["wall_seconds"] = seconds
+    return rec
+
+
+def _module_hash(spec: str) -> dict:
+    target = spec.split("=", 1)[-1]
+    file_part = target.rsplit(":", 1)[0] if ".py:" in target else target
+    if file_part.endswith(".py") and Path(file_part).is_file():
+        return {"file_sha256": sha256_file(Path(file_part))}
+    return {}

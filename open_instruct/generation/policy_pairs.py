@@ -25,17 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io import atomic_write_json, atomic_write_text, read_json
+from .evaluate import CORRECT, check_verifiers, fit_context, load_reward_modules, reward_runner
 
 log = logging.getLogger(__name__)
-
-CORRECT = 0.5  # a sample scoring >= this is right (the pass@k convention of evaluate.py)
 
 
 @dataclass
@@ -52,7 +51,7 @@ class PolicyPairsConfig:
     pairs_per_prompt: int = 1  # up to this many (right, wrong) pairs per prompt, no answer reused
     limit: int | None = None  # use the first N prompts of `prompts` only
     reward_modules: list[str] = field(default_factory=list)  # user verifiers: "file.py:fn"
-    rollout: dict = field(default_factory=dict)  # engine options (rl/rollout.py RolloutConfig)
+    rollout: dict = field(default_factory=dict)  # engine options (generation/config.py RolloutConfig)
 
     @property
     def enabled(self) -> bool:
@@ -101,23 +100,14 @@ def _key(model_digest: str, data_hash: str, pc: PolicyPairsConfig, seed: int, sp
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def load_prompts(mix: str, tokenizer, max_prompt_length: int, limit: int | None):
     """Tokenised RLVR rows (fails on bad rows in seconds, before an engine starts)."""
-    from .mixes import load_mix
-    from .tokenize import tokenize_data
+    from ..data.mixes import load_mix
+    from ..data.tokenize import tokenize_data
+    from .evaluate import label_check
 
-    tokenized = tokenize_data(
-        load_mix(mix, kind="rlvr"), tokenizer, "rlvr", max_prompt_length=max_prompt_length
-    )
+    loaded = load_mix(mix, kind="rlvr", label_check=label_check)
+    tokenized = tokenize_data(loaded, tokenizer, "rlvr", max_prompt_length=max_prompt_length)
     n = len(tokenized.dataset) if limit is None else min(limit, len(tokenized.dataset))
     return tokenized, n
 
@@ -130,8 +120,6 @@ class PairMaker:
     ):
         self.model, self.digest, self.tokenizer = model, model_digest, tokenizer
         self.pc, self.seed, self.dtype = pc, seed, dtype
-        from ..evaluate import fit_context
-
         # a model with a short context (the tiny one: 512) gets a smaller prompt budget, not an engine error
         self.prompt_budget = fit_context(
             model, pc.max_prompt_length, pc.max_tokens, "policy_pairs (model)", "policy_pairs.max_tokens"
@@ -141,40 +129,36 @@ class PairMaker:
 
     def _engine(self):
         if self._group is None:
-            from reward_fns import RewardRunner, load_user_rewards
+            from .config import rollout_config
+            from .group import RolloutGroup
 
-            from ..config import from_dict
-            from ..rl.rollout import RolloutConfig, RolloutGroup, engine_dtype
-
-            for spec in self.pc.reward_modules:
-                load_user_rewards(spec)
-            engine = {
-                "model": self.model,
-                "seed": self.seed,
-                "dtype": engine_dtype(self.dtype, self.pc.rollout.get("device", "cpu")),
-                "max_model_len": self.prompt_budget + self.pc.max_tokens,
-                **self.pc.rollout,
-            }
-            self._group = RolloutGroup(from_dict(RolloutConfig, engine, "policy_pairs.rollout"))
-            self._runner = RewardRunner(extra_modules=list(self.pc.reward_modules))
+            self._runner = reward_runner(self.pc.reward_modules, "policy_pairs.reward_modules")
+            cfg = rollout_config(
+                self.model,
+                seed=self.seed,
+                learner_dtype=self.dtype,
+                max_model_len=self.prompt_budget + self.pc.max_tokens,
+                options=self.pc.rollout,
+                where="policy_pairs.rollout",
+            )
+            self._group = RolloutGroup(cfg)
         return self._group, self._runner
 
     def make(self, mix: str, dest: Path, split: str, limit: int | None = None) -> dict:
         """Writes `dest` (JSONL pairs) and `dest.json` (stats); reuses both when their key matches."""
-        from ..train.stage import rows as take_rows
+        from ..data.examples import take
+        from .sample import sample_and_score
 
+        load_reward_modules(self.pc.reward_modules, "policy_pairs.reward_modules")  # before rows name them
         tokenized, n = load_prompts(mix, self.tokenizer, self.prompt_budget, limit)
         key = _key(self.digest, tokenized.data_hash, self.pc, self.seed, split)
         meta_path = dest.with_suffix(".json")
-        if dest.is_file() and meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except json.JSONDecodeError:
-                meta = {}
-            if meta.get("key") == key:
-                log.info("policy pairs (%s): reusing %s (%d pairs)", split, dest, meta.get("pairs", 0))
-                return meta
-        rows = take_rows(tokenized.dataset, range(n))
+        meta = read_json(meta_path) if dest.is_file() else None
+        if meta and meta.get("key") == key:
+            log.info("policy pairs (%s): reusing %s (%d pairs)", split, dest, meta.get("pairs", 0))
+            return meta
+        rows = take(tokenized.dataset, range(n))
+        check_verifiers(rows, mix)
         group, runner = self._engine()
         pc = self.pc
         t0 = time.time()
@@ -185,20 +169,9 @@ class PairMaker:
             "max_tokens": pc.max_tokens,
             "seed": self.seed,
         }
-        gen = group.generate([r["prompt_input_ids"] for r in rows], sampling)
-        texts, truths, names, prompts = [], [], [], []
-        for row, comps in zip(rows, gen.completions):
-            for c in comps:
-                texts.append(self.tokenizer.decode(c.token_ids, skip_special_tokens=True))
-                truths.append(row["ground_truth"])
-                names.append(row["dataset"])
-                prompts.append(row["prompt"])
-        scored = runner.score(texts, truths, names, prompts=prompts)
-        lines, all_right, all_wrong, i = [], 0, 0, 0
-        for index, row in enumerate(rows):
-            answers = texts[i : i + pc.samples]
-            scores = scored.scores[i : i + pc.samples]
-            i += pc.samples
+        batch = sample_and_score(group, self.tokenizer, rows, runner, sampling)
+        lines, all_right, all_wrong = [], 0, 0
+        for index, (row, _, answers, scores) in enumerate(batch.per_prompt()):
             if all(s >= CORRECT for s in scores):
                 all_right += 1
             elif all(s < CORRECT for s in scores):
@@ -223,11 +196,11 @@ class PairMaker:
             "prompts": n,
             "prompts_dropped_too_long": tokenized.num_dropped,
             "samples_per_prompt": pc.samples,
-            "sample_accuracy": sum(s >= CORRECT for s in scored.scores) / max(len(scored.scores), 1),
+            "sample_accuracy": sum(s >= CORRECT for s in batch.scores) / max(len(batch.scores), 1),
             "prompts_all_right": all_right,
             "prompts_all_wrong": all_wrong,
             "pairs": len(lines),
-            "generated_tokens": gen.num_tokens,
+            "generated_tokens": batch.generation.num_tokens,
             "seconds": round(time.time() - t0, 2),
         }
         if not lines:
@@ -236,9 +209,8 @@ class PairMaker:
                 f"(sample accuracy {meta['sample_accuracy']:.1%}); raise samples or temperature, or use "
                 f"dataset_mix with ready-made pairs"
             )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(dest, "\n".join(lines) + "\n")
-        _write_atomic(meta_path, json.dumps(meta, indent=1))
+        atomic_write_text(dest, "\n".join(lines) + "\n")
+        atomic_write_json(meta_path, meta)
         log.info(
             "policy pairs (%s): %d pairs from %d prompts (sample accuracy %.1f%%, %d all right, %d all wrong) in %.0fs",
             split,

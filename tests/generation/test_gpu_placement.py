@@ -4,7 +4,8 @@ GPUs (logic only; the GPU path itself needs a GPU machine)."""
 import pytest
 
 from open_instruct.errors import ConfigError
-from open_instruct.rl.rollout import RolloutConfig, engine_gpus
+from open_instruct.generation.cluster import engine_gpus
+from open_instruct.generation.config import RolloutConfig
 
 
 def _cfg(**kw):
@@ -31,7 +32,7 @@ def test_no_gpu_left_for_the_engines_is_a_clear_error():
 
 def test_rlvr_sets_no_learner_gpus_on_a_cpu_machine():
     from open_instruct.config import from_dict
-    from open_instruct.rl.rlvr import RLVRConfig
+    from open_instruct.rl.config import RLVRConfig
 
     cfg = from_dict(
         RLVRConfig,

@@ -4,7 +4,7 @@ model gets its prompts capped instead of an engine error; impossible settings ar
 import pytest
 
 from open_instruct.errors import ConfigError
-from open_instruct.evaluate import fit_context
+from open_instruct.generation.evaluate import fit_context
 
 
 def test_prompt_budget_is_capped_to_the_context(tiny_model_dir):

@@ -1,6 +1,8 @@
-"""Weight sync: the learner's weights (an HF model in the driver process) -> every vLLM engine.
+"""Weight-sync transports: the learner's weights (an HF model in the driver process) -> every vLLM engine.
 
-Called after each training step as `group.sync_weights(model.state_dict())`. The names are HF
+Called after each training step as `group.sync_weights(model.state_dict())`; the group holds one
+transport, which owns everything a sync leaves behind (the latest weights for an engine that restarts,
+the NCCL group) and exposes `send(weights) -> timings`, `catch_up(engine)` and `close()`. The names are HF
 state-dict names: vLLM's `load_weights` for Llama / OLMo 2 takes them as they are (it fuses
 q/k/v into qkv_proj and gate/up into gate_up_proj itself; verified by the parity test, which
 checks that every vLLM parameter was loaded). Three transports, chosen by
@@ -32,7 +34,7 @@ import torch
 from .worker_ext import PlanEntry, stateless_nccl
 
 if TYPE_CHECKING:
-    from .rollout import RolloutGroup
+    from .group import RolloutGroup
 
 # Wrappers that prefix parameter names: DDP/DeepSpeed ("module."), torch.compile ("_orig_mod.").
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -97,28 +99,6 @@ def _check_complete(results: list[dict], transport: str) -> None:
             f"weight sync ({transport}) left {len(missing)} vLLM parameters unloaded "
             f"(names not matching the engine's architecture?): {missing[:5]}"
         )
-
-
-def sync_cpu(group: RolloutGroup, weights) -> dict:
-    import ray
-
-    t0 = time.perf_counter()
-    payload = serialize_safetensors(weights, wire_dtype(group.cfg.dtype))
-    t_ser = time.perf_counter() - t0
-    # Set before sending: an engine restarted during this sync must get these weights.
-    group._weights_ref = ray.put(payload)
-    args = (group._weights_ref, group.cfg.cpu_payload == "shm")
-    results, restarts = group._run("load_safetensors", [args] * len(group.engines))
-    _check_complete(results, "cpu")
-    return {
-        "transport": "cpu",
-        "seconds": time.perf_counter() - t0,
-        "serialize_seconds": t_ser,
-        "bytes": len(payload),
-        "engine_seconds": max(r["engine_seconds"] for r in results),
-        "worker_seconds": max(r["worker_seconds"] for r in results),
-        "restarts": restarts,
-    }
 
 
 # ---- NCCL ------------------------------------------------------------------------------------
@@ -195,32 +175,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def sync_nccl(group: RolloutGroup, weights) -> dict:
-    import ray
-
-    t0 = time.perf_counter()
-    items = named_tensors(weights)
-    dtype = wire_dtype(group.cfg.dtype)
-    if group._broadcaster is None:
-        first = items[0][1].device
-        # ZeRO-3 gathers the full weights to CPU: they travel through the learner's current GPU
-        device = first if first.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
-        group._broadcaster = NcclBroadcaster(group, device)
-    plan = broadcast_plan(items, dtype)
-    refs = [e.receive_broadcast.remote(plan) for e in group.engines]
-    sent = group._broadcaster.send(items, dtype)
-    results = ray.get(refs)
-    _check_complete(results, "nccl")
-    group._latest_weights = weights
-    return {
-        "transport": "nccl",
-        "seconds": time.perf_counter() - t0,
-        "bytes": sent,
-        "worker_seconds": max(r["worker_seconds"] for r in results),
-        "restarts": 0,
-    }
-
-
 # ---- CUDA IPC --------------------------------------------------------------------------------
 def ipc_handles(
     items: list[tuple[str, torch.Tensor]],
@@ -236,28 +190,147 @@ def ipc_handles(
     return pickle.dumps({device_uuid: entries}), keep
 
 
-def sync_ipc(group: RolloutGroup, weights) -> dict:
-    import ray
+class CpuTransport:
+    """No NCCL (the CPU build, or any cluster): safetensors bytes, put in Ray's object store once; each
+    engine actor hands them to its workers (a /dev/shm file on its node, or bytes through vLLM's RPC
+    pipe). A restarted engine gets the same object again."""
 
-    t0 = time.perf_counter()
-    items = named_tensors(weights)
-    dtype = wire_dtype(group.cfg.dtype)
-    if dtype is not None:
-        items = [(n, t.to(dtype) if t.is_floating_point() else t) for n, t in items]
-    device = items[0][1].device
-    payload, keep = ipc_handles(items, str(torch.cuda.get_device_properties(device).uuid))
-    torch.cuda.synchronize(device)
-    results = ray.get([e.load_ipc.remote(payload) for e in group.engines])
-    del keep  # the engines have copied the weights into their own parameters
-    _check_complete(results, "ipc")
-    group._latest_weights = weights
-    return {
-        "transport": "ipc",
-        "seconds": time.perf_counter() - t0,
-        "bytes": len(payload),
-        "worker_seconds": max(r["worker_seconds"] for r in results),
-        "restarts": 0,
-    }
+    name = "cpu"
+
+    def __init__(self, group: RolloutGroup):
+        self.group = group
+        self.latest = None  # ObjectRef of the latest safetensors bytes
+
+    def send(self, weights) -> dict:
+        import ray
+
+        group = self.group
+        t0 = time.perf_counter()
+        payload = serialize_safetensors(weights, wire_dtype(group.cfg.dtype))
+        t_ser = time.perf_counter() - t0
+        # Set before sending: an engine restarted during this sync must get these weights.
+        self.latest = ray.put(payload)
+        args = (self.latest, group.cfg.cpu_payload == "shm")
+        results, restarts = group.run_on_engines("load_safetensors", [args] * len(group.engines))
+        _check_complete(results, "cpu")
+        return {
+            "transport": "cpu",
+            "seconds": time.perf_counter() - t0,
+            "serialize_seconds": t_ser,
+            "bytes": len(payload),
+            "engine_seconds": max(r["engine_seconds"] for r in results),
+            "worker_seconds": max(r["worker_seconds"] for r in results),
+            "restarts": restarts,
+        }
+
+    def catch_up(self, engine) -> None:
+        """Queues the latest weights on a fresh engine actor (Ray runs an actor's calls in order, so
+        anything queued after this sees them)."""
+        if self.latest is not None:
+            engine.load_safetensors.remote(self.latest, self.group.cfg.cpu_payload == "shm")
+
+    def close(self) -> None:
+        self.latest = None
+
+
+class _GpuTransport:
+    """Shared by NCCL and IPC: keeps a reference to the latest weights so an engine that restarts can
+    catch up through the CPU path (its old NCCL group included the dead engine)."""
+
+    def __init__(self, group: RolloutGroup):
+        self.group = group
+        self.latest = None
+
+    def catch_up(self, engine) -> None:
+        import ray
+
+        if self.latest is not None:
+            engine.load_safetensors.remote(ray.put(serialize_safetensors(self.latest)))
+            self.close()
+
+    def close(self) -> None:
+        pass
+
+
+class NcclTransport(_GpuTransport):
+    """GPU engines, learner on its own GPU, on any node: the learner joins a StatelessProcessGroup +
+    PyNcclCommunicator as rank 0 with every engine worker after it (vLLM's own recipe), sends the plan
+    (name, dtype, shape per tensor) through Ray and broadcasts the tensors in that order."""
+
+    name = "nccl"
+
+    def __init__(self, group: RolloutGroup):
+        super().__init__(group)
+        self.broadcaster: NcclBroadcaster | None = None
+
+    def send(self, weights) -> dict:
+        import ray
+
+        group = self.group
+        t0 = time.perf_counter()
+        items = named_tensors(weights)
+        dtype = wire_dtype(group.cfg.dtype)
+        if self.broadcaster is None:
+            first = items[0][1].device
+            # ZeRO-3 gathers the full weights to CPU: they travel through the learner's current GPU
+            device = first if first.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+            self.broadcaster = NcclBroadcaster(group, device)
+        plan = broadcast_plan(items, dtype)
+        refs = [e.receive_broadcast.remote(plan) for e in group.engines]
+        sent = self.broadcaster.send(items, dtype)
+        results = ray.get(refs)
+        _check_complete(results, "nccl")
+        self.latest = weights
+        return {
+            "transport": "nccl",
+            "seconds": time.perf_counter() - t0,
+            "bytes": sent,
+            "worker_seconds": max(r["worker_seconds"] for r in results),
+            "restarts": 0,
+        }
+
+    def close(self) -> None:
+        """Tears down the learner <-> engines NCCL group (rebuilt at the next send). The engines' close
+        calls are queued, so they run before any later init on the same actor."""
+        if self.broadcaster is not None:
+            for e in self.group.engines:
+                e.close_broadcast_group.remote()
+            self.broadcaster.close()
+            self.broadcaster = None
+
+
+class IpcTransport(_GpuTransport):
+    """GPU engine colocated with the learner on the same device: CUDA IPC handles of the learner's
+    tensors; the engine opens them in place, no copy through the host."""
+
+    name = "ipc"
+
+    def send(self, weights) -> dict:
+        import ray
+
+        group = self.group
+        t0 = time.perf_counter()
+        items = named_tensors(weights)
+        dtype = wire_dtype(group.cfg.dtype)
+        if dtype is not None:
+            items = [(n, t.to(dtype) if t.is_floating_point() else t) for n, t in items]
+        device = items[0][1].device
+        payload, keep = ipc_handles(items, str(torch.cuda.get_device_properties(device).uuid))
+        torch.cuda.synchronize(device)
+        results = ray.get([e.load_ipc.remote(payload) for e in group.engines])
+        del keep  # the engines have copied the weights into their own parameters
+        _check_complete(results, "ipc")
+        self.latest = weights
+        return {
+            "transport": "ipc",
+            "seconds": time.perf_counter() - t0,
+            "bytes": len(payload),
+            "worker_seconds": max(r["worker_seconds"] for r in results),
+            "restarts": 0,
+        }
+
+
+TRANSPORTS = {"cpu": CpuTransport, "nccl": NcclTransport, "ipc": IpcTransport}
 
 
 def describe(weights) -> dict[str, Any]:

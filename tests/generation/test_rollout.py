@@ -16,13 +16,9 @@ import pytest
 import torch
 
 from open_instruct.errors import ConfigError
-from open_instruct.rl.rollout import (
-    RolloutConfig,
-    RolloutGroup,
-    check_sampling,
-    cluster_address,
-    split_evenly,
-)
+from open_instruct.generation.cluster import cluster_address
+from open_instruct.generation.config import RolloutConfig, check_sampling
+from open_instruct.generation.group import RolloutGroup, split_evenly
 
 pytestmark = pytest.mark.slow
 

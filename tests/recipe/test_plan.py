@@ -2,7 +2,7 @@
 
 import pytest
 
-from open_instruct import plan as P
+from open_instruct.recipe import memory as P
 
 GB = 1e9
 
@@ -120,16 +120,27 @@ def test_rlvr_estimate_adds_reference_value_model_and_engine():
 
 
 def test_mix_amounts_local_and_hints(tmp_path):
-    from open_instruct.data.mixes import read_spec
+    """The dry run plans rows per source: local files counted (every row read), hub sources from their
+    `num_rows` hint, unknown without one (then the total is unknown too)."""
+    from open_instruct.data.validate import validate_mix
 
     data = tmp_path / "rows.jsonl"
-    data.write_text("".join('{"messages": [{"role": "user", "content": "hi"}]}\n' for _ in range(10)))
+    data.write_text(
+        "".join(
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+            for _ in range(10)
+        )
+    )
     mix = tmp_path / "mix.yaml"
     mix.write_text(
         f"sources:\n  - path: {data}\n    amount: 2.5\n  - hf: org/data\n    amount: 0.5\n"
         "    num_rows: 1000\n  - hf: org/other\n    amount: 0.1\n"
     )
-    amounts = P.mix_amounts(read_spec(mix))
-    assert [a.selected for a in amounts] == [25, 500, None]
-    assert P.total_rows(amounts) is None
-    assert P.total_rows(amounts[:2]) == 525
+    chk = validate_mix(str(mix), "sft", "test")
+    assert [a.selected for a in chk.amounts] == [25, 500, None]
+    assert [a.how for a in chk.amounts] == ["counted", "num_rows hint", "unknown"]
+    assert chk.rows is None
+    mix.write_text(
+        f"sources:\n  - path: {data}\n    amount: 2.5\n  - hf: org/data\n    amount: 0.5\n    num_rows: 1000\n"
+    )
+    assert validate_mix(str(mix), "sft", "test").rows == 525

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct.pipeline import load_plan, run_recipe
+from open_instruct.recipe.load import load_plan
+from open_instruct.recipe.run import run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
