@@ -64,11 +64,13 @@ def inspect_mix(
     `known_verifier(name)` (rlvr) tells whether a `dataset` value names a verifier; names it
     rejects are flagged in the report. `label_check` is passed to `load_mix`."""
     from .mixes import load_mix
+    from .templates import template_name
     from .tokenize import tokenize_data
 
     mix = load_mix(mix_path, kind=kind, label_check=label_check)
     lines = [
         f"mix: {mix_path}  (kind {mix.kind}, {len(mix.dataset)} rows, content hash {mix.content_hash[:16]})",
+        f"chat template: {template_name(tokenizer.chat_template)}",
         "sources:",
     ]
     for s in mix.sources:
@@ -143,7 +145,7 @@ def inspect_command(args) -> int:
     from transformers import AutoTokenizer
 
     from ..errors import ConfigError
-    from .templates import install_template
+    from .templates import choose_template
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
@@ -152,8 +154,7 @@ def inspect_command(args) -> int:
             f"--tokenizer {args.tokenizer}: cannot load a tokenizer ({type(e).__name__}: "
             f"{' '.join(str(e).split())[:200]})"
         ) from None
-    if args.chat_template:
-        install_template(tokenizer, args.chat_template, add_bos=args.add_bos)
+    choose_template(tokenizer, args.chat_template, add_bos=args.add_bos, source=args.tokenizer)
     color = sys.stdout.isatty() and not args.no_color
     print(
         inspect_mix(
@@ -188,11 +189,11 @@ def add_data_parser(
     q.add_argument("--max-prompt-length", type=int, default=2048)
     q.add_argument(
         "--chat-template",
-        choices=["tulu", "olmo"],
-        default=None,
-        help="replace the tokenizer's chat template",
+        choices=["auto", "tulu", "olmo"],
+        default="auto",
+        help="as a stage's chat_template: auto (default) keeps the tokenizer's own, else tulu",
     )
-    q.add_argument("--add-bos", action="store_true", help="with --chat-template: BOS in front (OLMo 2)")
+    q.add_argument("--add-bos", action="store_true", help="with tulu/olmo: BOS in front (OLMo 2)")
     q.add_argument("--example", type=int, default=0, help="which row to render")
     q.add_argument("--no-color", action="store_true")
     q.set_defaults(func=inspect_command, known_verifier=known_verifier, label_check=label_check)

@@ -4,7 +4,7 @@
     seed: 42                      # seeds the sub-sampling of fractional amounts
     kind: sft                     # optional; the caller's kind wins, else inferred from columns
     sources:
-      - hf: allenai/tulu-3-sft-mixture   # + optional `subset`, `split` (default train)
+      - hf: allenai/tulu-3-sft-mixture   # + optional `subset`, `split` (default train), `revision`
         amount: 0.5               # float: fraction (2.5 = two full copies + a seeded half)
       - path: samples/sft.jsonl   # .jsonl / .json / .parquet, relative to this YAML
         amount: 1000              # int: absolute row count (above the size: whole copies + rest)
@@ -12,9 +12,10 @@
 
 A single data file can stand in for a mix (one source, amount 1.0).
 
-Local files are scanned row by row first (rows.scan_local_source, streamed, before `datasets`
-reads them), so every problem names its file and line (JSONL, JSON) or row (parquet);
-`validate.validate_mix` runs the same scan without building a dataset.
+Local files are scanned row by row (rows.scan_local_source, streamed), so every problem names its
+file and line (JSONL, JSON) or row (parquet); the kept rows are then built into a `datasets.Dataset`
+by the same reader. `validate.validate_mix` runs the same scan without building a dataset. Hub
+sources (`revision`, the offline cache) are data/hub.py's.
 """
 
 from __future__ import annotations
@@ -30,16 +31,15 @@ from typing import Any
 
 from ..config import from_dict, load_yaml
 from ..errors import ConfigError, DataError
-from .rows import (  # noqa: F401 - FILE_SUFFIXES, local_rows: public here too
-    FILE_SUFFIXES,
-    REQUIRED_COLUMNS,
+from .files import FILE_SUFFIXES, decode_utf8, local_rows, one_line  # noqa: F401 - local_rows: public here too
+from .hub import load_hub
+from .rows import (
+    CANONICAL_COLUMNS,
     LabelCheck,
     check_kind,
     check_row,
-    decode_utf8,
     kind_for,
-    local_rows,
-    one_line,
+    missing_columns,
     rename_columns,
     report_source,
     scan_local_source,
@@ -55,6 +55,7 @@ class SourceSpec:
     subset: str | None = None
     path: str | None = None
     split: str = "train"  # hub sources only; a local file is one split
+    revision: str | None = None  # hub sources only: a branch, tag or commit sha (default: main)
     amount: Any = 1.0  # float fraction or int count (checked by `check_amount`, not by type coercion)
     columns: dict[str, str] = field(default_factory=dict)
     num_rows: int | None = None  # hub sources: the source's size, a planning hint for `run --dry-run` only
@@ -76,6 +77,8 @@ class SourceReport:
     first_problem: str | None = None
     trimmed: int = 0  # RLVR prompts whose trailing assistant turns were removed (kept)
     first_trimmed: str | None = None
+    revision: str | None = None  # hub: the revision asked for (None: main)
+    commit: str | None = None  # hub: the commit loaded, when the local caches tell it (data/hub.py)
 
 
 @dataclass
@@ -150,6 +153,9 @@ def _spec_from_yaml(path: Path) -> MixSpec:
         if (src.hf is None) == (src.path is None):
             raise DataError(f"{where}: give exactly one of 'hf' (a dataset id) or 'path' (a local file)")
         check_amount(src.amount, where)
+        if src.revision is not None and (src.path is not None or not src.revision.strip()):
+            what = "only hub sources (hf) take one" if src.path is not None else "must be non-empty"
+            raise DataError(f"{where}.revision: {src.revision!r}: {what}")
         if src.path is not None:
             p = Path(src.path)
             src.path = str(p if p.is_absolute() else path.parent / p)
@@ -171,35 +177,38 @@ def read_spec(path: str | Path) -> MixSpec:
 
 
 def source_name(src: SourceSpec) -> str:
-    return src.path or (src.hf + (f":{src.subset}" if src.subset else ""))
+    if src.path:
+        return src.path
+    return src.hf + (f":{src.subset}" if src.subset else "") + (f"@{src.revision}" if src.revision else "")
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_raw(src: SourceSpec, where: str):
-    """The source as a `datasets.Dataset` (hub ids and local files go through `load_dataset`)."""
-    import datasets
+def _canonical_local_rows(path: str, columns: dict, kind: str, keep: tuple, sha256: str):
+    """The kept rows of a local file, canonical, read by the same reader that validated them
+    (`datasets`' JSON reader would store a column holding strings in some rows and lists in others
+    as JSON text, and give back a string such as "3" as the number 3)."""
+    del sha256  # a generator argument only so that datasets' cache key follows the file's bytes
+    wanted = iter(keep)
+    nxt = next(wanted, None)
+    for j, (loc, row) in enumerate(local_rows(path)):
+        if j == nxt:
+            yield check_row(rename_columns(row, columns), kind, loc)[0]
+            nxt = next(wanted, None)
 
-    if src.path is not None:
-        path = Path(src.path)
-        if not path.is_file():
-            raise DataError(f"{path}: data file not found ({where}.path)")
-        builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
-        if builder is None:
-            raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
-        try:
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
-        except Exception as e:  # noqa: BLE001 - any reader failure is a data problem, one line
-            raise DataError(
-                f"{path}: datasets could not read it ({type(e).__name__}: {one_line(e)})"
-            ) from None
-    try:
-        return datasets.load_dataset(src.hf, src.subset, split=src.split)
-    except Exception as e:  # noqa: BLE001
-        raise DataError(
-            f"{where}.hf: could not load {src.hf!r} split {src.split!r} ({type(e).__name__}: {one_line(e)})"
-        ) from None
+
+def _local_dataset(src: SourceSpec, kind: str, keep: list[int]):
+    from datasets import Dataset
+
+    from .files import sha256_file
+
+    kwargs = {"path": src.path, "columns": src.columns, "kind": kind, "keep": tuple(keep)}
+    return Dataset.from_generator(
+        _canonical_local_rows,
+        features=_features(kind),
+        gen_kwargs={**kwargs, "sha256": sha256_file(src.path)},
+    )
 
 
 def _features(kind: str):
@@ -208,7 +217,7 @@ def _features(kind: str):
     messages = List({"role": Value("string"), "content": Value("string")})
     return Features(
         {
-            "sft": {"messages": messages},
+            "sft": {"messages": messages, "prompt_turns": Value("int32")},
             "preference": {"chosen": messages, "rejected": messages},
             "rlvr": {"messages": messages, "ground_truth": Value("string"), "dataset": Value("string")},
         }[kind]
@@ -230,7 +239,7 @@ def _normaliser(kind: str, columns: dict[str, str]):
             check_row(rename_columns(dict(zip(keys, vals)), columns), kind, "")[0]
             for vals in zip(*(batch[k] for k in keys))
         ]
-        return {col: [r[col] for r in rows] for col in REQUIRED_COLUMNS[kind]}
+        return {col: [r[col] for r in rows] for col in CANONICAL_COLUMNS[kind]}
 
     return fn
 
@@ -239,17 +248,13 @@ def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str, labe
     """Phase 1: read and validate one source. Returns (dataset, kind, keep indices, report)."""
     where = f"{mix_path} sources[{i}]"
     name = source_name(src)
+    commit = None
+    ds = None  # a local file becomes a Dataset in phase 2, from the rows this scan kept
     if src.path is not None:
-        # Our own pass over the file first (line by line), so every problem names its line and a
-        # bad line is reported as such rather than as an Arrow schema failure.
-        path = Path(src.path)
+        # Our own pass over the file (line by line), so every problem names its line.
         kind, tally = scan_local_source(src, i, kind, mix_path, label_check, keep=True)
-        ds = _load_raw(src, where)
-        if tally.rows != len(ds):  # the reader and our scan disagree: refuse rather than misalign rows
-            what = "non-blank lines" if path.suffix == ".jsonl" else "rows"
-            raise DataError(f"{path}: datasets read {len(ds)} rows but the file has {tally.rows} {what}")
     else:
-        ds = _load_raw(src, where)
+        ds, commit = load_hub(src, where, name)
         for old in src.columns:
             if old not in ds.column_names:
                 raise DataError(
@@ -257,13 +262,10 @@ def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str, labe
                 )
         renamed = [src.columns.get(c, c) for c in ds.column_names]
         kind = kind_for(kind, renamed, name)
-        if kind != "preference":  # preference rows may use `prompt` + bare responses; checked per row
-            for col in REQUIRED_COLUMNS[kind]:
-                if col not in renamed:
-                    raise DataError(
-                        f"{name}: missing column '{col}' for {kind} data (has: {', '.join(renamed)})"
-                    )
-        label = f"{src.hf} ({src.split})"
+        why = missing_columns(kind, renamed)
+        if why:
+            raise DataError(f"{name}: {why}")
+        label = f"{name} ({src.split})"
         rows = (
             (f"{label} row {j}", rename_columns(row, src.columns)) for j, row in enumerate(_iter_rows(ds))
         )
@@ -271,27 +273,32 @@ def _check_source(src: SourceSpec, i: int, kind: str | None, mix_path: str, labe
     report_source(name, kind, tally)
     report = SourceReport(
         name=name,
-        rows=len(ds),
+        rows=tally.rows,
         dropped=tally.dropped,
         selected=0,
         first_problem=tally.first_problem,
         trimmed=tally.trimmed,
         first_trimmed=tally.first_trimmed,
+        revision=src.revision,
+        commit=commit,
     )
     return ds, kind, tally.keep, report
 
 
 def _finish_source(src: SourceSpec, i: int, ds, kind: str, keep: list[int], seed: int, mix_path: str):
     """Phase 2: drop unusable rows, normalise to canonical columns, apply `amount`."""
-    if len(keep) < len(ds):
-        ds = ds.select(keep)
-    ds = ds.map(
-        _normaliser(kind, src.columns),
-        batched=True,
-        remove_columns=ds.column_names,
-        features=_features(kind),
-        desc="normalise rows",
-    )
+    if src.path is not None:
+        ds = _local_dataset(src, kind, keep)
+    else:
+        if len(keep) < len(ds):
+            ds = ds.select(keep)
+        ds = ds.map(
+            _normaliser(kind, src.columns),
+            batched=True,
+            remove_columns=ds.column_names,
+            features=_features(kind),
+            desc="normalise rows",
+        )
     idx = amount_indices(len(ds), src.amount, seed=seed * 1000 + i)
     if not idx:
         raise DataError(f"{mix_path} sources[{i}].amount: {src.amount!r} selects 0 of {len(ds)} rows")

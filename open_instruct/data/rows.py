@@ -3,7 +3,9 @@ kind (one-line `DataError` naming where and which field) and normalised to the c
 the transforms read. `load_mix` and `validate.validate_mix` share `scan_local_source`.
 
 Canonical rows (what `load_mix` returns):
-  sft         {"messages": [{"role", "content"}, ...]}
+  sft         {"messages": [{"role", "content"}, ...], "prompt_turns": int}   (the first prompt_turns
+              turns are context only: TRL prompt-completion rows train on the completion alone;
+              `messages` rows have 0, every assistant turn is trained)
   preference  {"chosen": [...full conversation...], "rejected": [...]}   (same prompt turns)
   rlvr        {"messages": [...prompt turns...], "ground_truth": str, "dataset": str}
 
@@ -23,28 +25,37 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import DataError
+from .files import FILE_SUFFIXES, local_rows, one_line, parquet_file
 
 if TYPE_CHECKING:
     from .mixes import SourceSpec
 
 log = logging.getLogger(__name__)
 
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
-
 ROLES = ("system", "user", "assistant")
 KINDS = ("sft", "preference", "rlvr")
 REQUIRED_COLUMNS = {
-    "sft": ("messages",),
+    "sft": ("messages",),  # or TRL's prompt + completion
     "preference": ("chosen", "rejected"),
     "rlvr": ("messages", "ground_truth", "dataset"),
 }
+CANONICAL_COLUMNS = {
+    "sft": ("messages", "prompt_turns"),
+    "preference": ("chosen", "rejected"),
+    "rlvr": ("messages", "ground_truth", "dataset"),
+}
+# TRL's plain language-modelling rows: raw text with no roles. Not taken: SFT here trains on
+# assistant turns rendered with a chat template, and raw text has neither.
+TEXT_COLUMN = (
+    "a 'text' column is TRL's plain language-modelling format, which SFT does not read (it trains "
+    "on assistant turns): give 'messages', or 'prompt' + 'completion'"
+)
 
 
 class RowCheck(NamedTuple):
@@ -69,8 +80,30 @@ def infer_kind(columns) -> str | None:
         return "preference"
     if {"messages", "ground_truth"} <= cols:
         return "rlvr"
-    if "messages" in cols:
+    if "messages" in cols or {"prompt", "completion"} <= cols:
         return "sft"
+    return None
+
+
+def missing_columns(kind: str, columns) -> str | None:
+    """Why a source with these columns cannot hold `kind` rows, or None. Preference rows may be
+    `prompt` + bare responses and are checked row by row."""
+    cols = set(columns)
+    have = ", ".join(columns)
+    if kind == "preference":
+        return None
+    if kind == "sft":
+        if "messages" in cols or {"prompt", "completion"} <= cols:
+            return None
+        if "prompt" in cols or "completion" in cols:
+            col = "completion" if "prompt" in cols else "prompt"
+            return f"missing column '{col}' for sft prompt-completion data (has: {have})"
+        if "text" in cols:
+            return TEXT_COLUMN
+        return f"missing column 'messages' (or 'prompt' + 'completion') for sft data (has: {have})"
+    for col in REQUIRED_COLUMNS[kind]:
+        if col not in cols:
+            return f"missing column '{col}' for {kind} data (has: {have})"
     return None
 
 
@@ -142,17 +175,59 @@ def check_messages(value: Any, where: str, field: str, allow_empty: bool = False
 def _require(row: dict, kind: str, where: str, columns=None) -> None:
     for col in columns or REQUIRED_COLUMNS[kind]:
         if col not in row or row[col] is None:
-            have = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "nothing"
-            raise DataError(f"{where}: missing column '{col}' for {kind} data (row has: {have})")
+            raise DataError(f"{where}: missing column '{col}' for {kind} data (row has: {_have(row)})")
+
+
+def _have(row: dict) -> str:
+    return ", ".join(sorted(k for k, v in row.items() if v is not None)) or "nothing"
 
 
 def _sft(row: dict, where: str) -> RowCheck:
-    _require(row, "sft", where)
+    if row.get("messages") is None:
+        if row.get("prompt") is not None or row.get("completion") is not None:
+            return _prompt_completion(row, where)
+        if row.get("text") is not None:
+            raise DataError(f"{where}: {TEXT_COLUMN}")
+        raise DataError(
+            f"{where}: missing column 'messages' (or 'prompt' + 'completion') for sft data (row has: {_have(row)})"
+        )
+    # Tülu / TRL conversational rows (a `prompt` column beside them, as in UltraChat, repeats a turn)
     turns = _turns(row["messages"], where, "messages")
     if turns and not any(t["role"] == "assistant" for t in turns):
         raise DataError(f"{where}: messages has no assistant turn (nothing to train on)")
     problem = _empty_problem(turns, "messages") or order_problem(turns, "messages")
-    return RowCheck({"messages": turns}, problem, None)
+    return RowCheck({"messages": turns, "prompt_turns": 0}, problem, None)
+
+
+def _prompt_completion(row: dict, where: str) -> RowCheck:
+    """TRL's prompt-completion rows, as text or as turns: only the completion is trained (earlier
+    assistant turns inside a conversational prompt are context, as in TRL's completion-only loss)."""
+    for col in ("prompt", "completion"):
+        if row.get(col) is None:
+            raise DataError(
+                f"{where}: missing column '{col}' for sft prompt-completion data (row has: {_have(row)})"
+            )
+    prompt, problem = _prompt_turns(row, where)
+    value = row["completion"]
+    if isinstance(value, str):
+        completion = [{"role": "assistant", "content": value}]
+        problem = problem or (None if value.strip() else "completion is empty")
+    elif isinstance(value, list):
+        completion = _turns(value, where, "completion")
+        for i, t in enumerate(completion):
+            if t["role"] != "assistant":
+                raise DataError(
+                    f"{where}: completion[{i}].role {t['role']!r}: a completion holds assistant turns only "
+                    f"(earlier turns belong in the prompt)"
+                )
+        problem = problem or _empty_problem(completion, "completion")
+    else:
+        raise DataError(
+            f"{where}: completion must be a string or a list of {{role, content}} turns, got {type(value).__name__}"
+        )
+    if problem is None and not any(t["role"] == "user" for t in prompt):
+        problem = "prompt has no user turn"
+    return RowCheck({"messages": prompt + completion, "prompt_turns": len(prompt)}, problem, None)
 
 
 def _label_text(value: Any, where: str, field: str) -> str:
@@ -194,6 +269,10 @@ def _prompt_turns(row: dict, where: str) -> tuple[list[dict], str | None]:
     prompt = row["prompt"]
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}], (None if prompt.strip() else "prompt is empty")
+    if not isinstance(prompt, list):
+        raise DataError(
+            f"{where}: prompt must be a string or a list of {{role, content}} turns, got {type(prompt).__name__}"
+        )
     turns = _turns(prompt, where, "prompt")
     return turns, _empty_problem(turns, "prompt") or order_problem(turns, "prompt")
 
@@ -262,147 +341,8 @@ def rename_columns(row: dict, columns: dict[str, str]) -> dict:
     return {columns.get(k, k): v for k, v in row.items()}
 
 
-# ----------------------------------------------------------------------------- reading local files
-
-
 # label_check(dataset, ground_truth text) -> None when the verifier accepts the label, else why not.
 LabelCheck = Callable[[str, str], "str | None"]
-
-
-def one_line(e: Any) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
-def _utf8_error(path: Path, lineno: int, line: bytes, start: int) -> DataError:
-    # `start` indexes the offending byte in `line`; the column is a byte column, 1-based.
-    return DataError(
-        f"{path} line {lineno}: not valid UTF-8 (byte 0x{line[start]:02x} at byte column {start + 1}); "
-        f"save the file as UTF-8"
-    )
-
-
-def decode_utf8(data: bytes, path: str | Path) -> str:
-    """`data` (a whole file) as text; bytes that are not UTF-8 are a DataError naming the line."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        start = data.rfind(b"\n", 0, e.start) + 1
-        lineno = data.count(b"\n", 0, e.start) + 1
-        raise _utf8_error(Path(path), lineno, data[start : e.start + 1], e.start - start) from None
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    """(location, row) for each non-blank line, read line by line (bytes, so a line that is not
-    UTF-8 is reported as such, with its number)."""
-    prefix = f"{path} line "
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _utf8_error(path, lineno, raw, e.start) from None
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(
-                    f"{path} line {lineno}: a row must be a JSON object, got {type(row).__name__}"
-                )
-            yield prefix + str(lineno), row
-
-
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    """Rows of a .json file named by the line each starts on: a list of objects (`[{...}, ...]`),
-    or objects one after another (JSON lines saved as .json) -- what `datasets` reads from it."""
-    text = decode_utf8(path.read_bytes(), path)
-    decoder = json.JSONDecoder()
-    n = len(text)
-    i = _WS.match(text, 0).end()
-    in_list = text.startswith("[", i)
-    lineno, counted = 1, 0
-
-    def bad(pos: int, msg: str) -> DataError:
-        line = text.count("\n", 0, pos) + 1
-        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        return DataError(f"{path} line {line}: invalid JSON ({msg} at column {col})")
-
-    if in_list:
-        i = _WS.match(text, i + 1).end()
-        if text.startswith("]", i):
-            i = _WS.match(text, i + 1).end()
-            in_list = False  # an empty list: only trailing data is left to check
-    while i < n:
-        try:
-            row, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as e:
-            raise bad(e.pos, e.msg) from None
-        lineno += text.count("\n", counted, i)
-        counted = i
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {lineno}: a row must be a JSON object, got {type(row).__name__}")
-        yield f"{path} line {lineno}", row
-        i = _WS.match(text, end).end()
-        if not in_list:
-            continue
-        if text.startswith(",", i):
-            i = _WS.match(text, i + 1).end()
-        elif text.startswith("]", i):
-            i = _WS.match(text, i + 1).end()
-            in_list = False
-            if i < n:
-                raise bad(i, "Extra data")
-        else:
-            raise bad(i, "Expecting ',' delimiter")
-    if in_list:
-        raise bad(n, "Expecting ']'")
-
-
-def _parquet_file(path: Path):
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path)
-    except Exception as e:  # noqa: BLE001 - any reader failure is a data problem, one line
-        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {one_line(e)})") from None
-
-
-def _parquet_rows(path: Path, batch_size: int = 1000) -> Iterator[tuple[str, dict]]:
-    """Rows of a parquet file, read a batch at a time, named by their 0-based index."""
-    pf = _parquet_file(path)
-    j = 0
-    batches = pf.iter_batches(batch_size=batch_size)
-    while True:
-        try:
-            batch = next(batches, None)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(
-                f"{path} row {j}: parquet data could not be read ({type(e).__name__}: {one_line(e)})"
-            ) from None
-        if batch is None:
-            return
-        for row in batch.to_pylist():
-            yield f"{path} row {j}", row
-            j += 1
-
-
-def local_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(location, raw row) for every row of a local data file, streamed; a malformed file is a
-    one-line DataError naming the file and line (JSONL, JSON) or row (parquet)."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        return _jsonl_rows(path)
-    if path.suffix == ".json":
-        return _json_rows(path)
-    if path.suffix == ".parquet":
-        return _parquet_rows(path)
-    raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -412,10 +352,8 @@ def kind_for(kind: str | None, columns, name: str) -> str:
     if kind is None:
         kind = infer_kind(columns)
         if kind is None:
-            raise DataError(
-                f"{name}: cannot tell the data kind from columns {', '.join(columns)}; "
-                f"pass --kind or set `kind:` in the mix"
-            )
+            hint = TEXT_COLUMN if "text" in columns else "pass --kind or set `kind:` in the mix"
+            raise DataError(f"{name}: cannot tell the data kind from columns {', '.join(columns)}; {hint}")
     return kind
 
 
@@ -517,7 +455,7 @@ def scan_local_source(
         raise DataError(f"{path}: data file not found ({where}.path)")
     if path.suffix not in FILE_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
-    schema = _parquet_file(path).schema_arrow.names if path.suffix == ".parquet" else None
+    schema = parquet_file(path).schema_arrow.names if path.suffix == ".parquet" else None
     rows = local_rows(path)
     first = next(rows, None)
     if first is None:
@@ -533,10 +471,9 @@ def scan_local_source(
         if got is not None and got != kind and not (kind == "preference" and "prompt" in renamed):
             raise DataError(f"{path} has {got} columns ({', '.join(renamed)}); this stage needs {kind} data")
     kind = kind_for(kind, renamed, str(path))
-    if schema is not None and kind != "preference":  # preference may use `prompt` + bare responses
-        for col in REQUIRED_COLUMNS[kind]:
-            if col not in renamed:
-                raise DataError(f"{path}: missing column '{col}' for {kind} data (has: {', '.join(renamed)})")
+    why = missing_columns(kind, renamed) if schema is not None else None
+    if why:
+        raise DataError(f"{path}: {why}")
     columns = src.columns
     rows = ((loc, rename_columns(row, columns)) for loc, row in itertools.chain([first], rows))
     return kind, validate_rows(rows, kind, label_check, keep=keep)

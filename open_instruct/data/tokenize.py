@@ -1,7 +1,8 @@
 """Tokenisation transforms (SFT, preference, RLVR) and their on-disk cache.
 
 What each transform trains on:
-  sft         every assistant turn's content plus the turn's end token (EOS for tulu); all else -100
+  sft         every assistant turn's content plus the turn's end token (EOS for tulu); all else -100.
+              Turns before `prompt_turns` (a TRL prompt-completion row's prompt) are never trained
   preference  the final assistant response of chosen and of rejected; both share the prompt tokens
   rlvr        nothing: the prompt rendered with the generation prompt, for the rollout engine
 
@@ -51,13 +52,15 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     )
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span [start, end) of every assistant turn
-    (its content and end-of-turn token)."""
+def assistant_spans(
+    tokenizer, messages: list[dict], prompt_turns: int = 0
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span [start, end) of every assistant turn from
+    turn `prompt_turns` on (its content and end-of-turn token)."""
     full = render(tokenizer, messages)
     spans = []
     for i, turn in enumerate(messages):
-        if turn["role"] != "assistant":
+        if turn["role"] != "assistant" or i < prompt_turns:
             continue
         head = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         if i and full.startswith(head):
@@ -105,10 +108,10 @@ def _labels_for(ids: list[int], offsets, spans: list[tuple[int, int]]) -> list[i
 # ----------------------------------------------------------------------------- per-row transforms
 
 
-def sft_example(tokenizer, messages: list[dict], max_seq_length: int) -> dict | None:
+def sft_example(tokenizer, messages: list[dict], max_seq_length: int, prompt_turns: int = 0) -> dict | None:
     """{"input_ids", "labels"} for one conversation, truncated from the right; None if no label
-    survives truncation."""
-    text, spans = assistant_spans(tokenizer, messages)
+    survives truncation. Assistant turns before `prompt_turns` are context (-100)."""
+    text, spans = assistant_spans(tokenizer, messages, prompt_turns)
     ids, offsets = _encode(tokenizer, text)
     labels = _labels_for(ids, offsets, spans)
     ids, labels = ids[:max_seq_length], labels[:max_seq_length]
@@ -171,7 +174,7 @@ def needed_length(tokenizer, kind: str, row: dict) -> int | None:
     if kind == "rlvr":
         return len(_encode(tokenizer, render(tokenizer, row["messages"], add_generation_prompt=True))[0])
     if kind == "sft":
-        text, spans = assistant_spans(tokenizer, row["messages"])
+        text, spans = assistant_spans(tokenizer, row["messages"], row.get("prompt_turns") or 0)
         ids, offsets = _encode(tokenizer, text)
         labels = _labels_for(ids, offsets, spans)
         return next((t + 1 for t, x in enumerate(labels) if x != IGNORE), None)
@@ -222,10 +225,11 @@ def _nothing_survives(ds, tokenizer, kind: str, name: str, limit_name: str, limi
 def _batch_fn(batch: dict, tokenizer, kind: str, max_seq_length: int, max_prompt_length: int) -> dict:
     """Batched `Dataset.map` body: rows that come back None are left out (that is how rows drop)."""
     n = len(next(iter(batch.values())))
+    prompt_turns = batch.get("prompt_turns") or [0] * n  # absent in a plain Dataset of messages
     out: dict[str, list] = {}
     for j in range(n):
         if kind == "sft":
-            ex = sft_example(tokenizer, batch["messages"][j], max_seq_length)
+            ex = sft_example(tokenizer, batch["messages"][j], max_seq_length, prompt_turns[j] or 0)
         elif kind == "preference":
             ex = preference_example(tokenizer, batch["chosen"][j], batch["rejected"][j], max_seq_length)
         else:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import DataError, UserError
-from .mixes import SourceSpec, check_amount, read_spec, selected_count
+from .mixes import SourceSpec, check_amount, read_spec, selected_count, source_name
 from .rows import LabelCheck, check_kind, report_source, scan_local_source
 
 # ----------------------------------------------------------------------------- validate_mix
@@ -30,7 +30,7 @@ from .rows import LabelCheck, check_kind, report_source, scan_local_source
 class SourceCheck:
     """One source's amounts (the fields of plan.SourceAmount, plus what validation dropped)."""
 
-    name: str  # file path, or `hf_id[:subset] [split]` for a hub source
+    name: str  # file path, or `hf_id[:subset][@revision] [split]` for a hub source
     rows: int | None  # rows in the source (read; or the num_rows hint); None: unknown
     selected: int | None  # rows in the mix after dropping and `amount`; None: unknown
     how: str  # "counted" | "num_rows hint" | "unknown"
@@ -51,8 +51,7 @@ class MixCheck:
 
 
 def _hub_amount(src: SourceSpec) -> SourceCheck:
-    # The same arithmetic and naming as plan.mix_amounts.
-    name = src.hf + (f":{src.subset}" if src.subset else "") + f" [{src.split}]"
+    name = f"{source_name(src)} [{src.split}]"
     if src.num_rows:
         return SourceCheck(name, src.num_rows, selected_count(src.num_rows, src.amount), "num_rows hint")
     return SourceCheck(name, None, src.amount if isinstance(src.amount, int) else None, "unknown")

@@ -8,6 +8,9 @@ Fields (format 1):
   data {train: {...}, eval: {...}}       -- per data mix: path, kind, fingerprint (hash of the mix
                                             YAML and its local files' bytes), content_hash (hash of the
                                             normalised rows, = LoadedMix.content_hash), rows, sources
+                                            (hub sources: revision asked, commit loaded or null)
+  template {chat_template, add_bos, used} -- the chat template asked for and the one the published
+                                            tokenizer holds (data.templates.template_name)
   rewards {name: {function, origin, source_sha256, module_sha256}}  -- RLVR: every verifier used
   config                                 -- the stage's resolved config (to_dict of its dataclass)
   launch {num_processes, nodes}, packages {name: version}, git {commit, dirty}
@@ -137,6 +140,8 @@ def mix_fingerprint(mix_path: str) -> dict:
     spec = to_dict(read_spec(Path(mix_path)))
     files = []
     for src in spec["sources"]:
+        if src.get("revision") is None:  # no revision asked: the fingerprint mixes had before it existed
+            src.pop("revision", None)
         if src["path"] is not None:
             digest = sha256_file(Path(src["path"]))
             files.append({"path": src["path"], "sha256": digest})
@@ -147,7 +152,7 @@ def mix_fingerprint(mix_path: str) -> dict:
 
 def mix_record(mix_path: str, kind: str) -> dict:
     """The full data record: fingerprint plus the normalised rows' content hash (loads the mix)."""
-    from ..data.mixes import load_mix
+    from ..data.mixes import load_mix, read_spec
 
     loaded = load_mix(mix_path, kind=kind)
     return {
@@ -157,10 +162,21 @@ def mix_record(mix_path: str, kind: str) -> dict:
         "content_hash": loaded.content_hash,
         "rows": len(loaded.dataset),
         "sources": [
-            {"name": s.name, "rows": s.rows, "dropped": s.dropped, "selected": s.selected}
-            for s in loaded.sources
+            {"name": s.name, "rows": s.rows, "dropped": s.dropped, "selected": s.selected, **_hub(src, s)}
+            for src, s in zip(read_spec(Path(mix_path)).sources, loaded.sources)
         ],
     }
+
+
+def _hub(src, report) -> dict:
+    """A hub source's revision: asked (main when none) and the commit loaded, when the local caches
+    tell it (data/hub.py); otherwise only the revision asked is known, and the record says so."""
+    if src.hf is None:
+        return {}
+    out = {"revision": report.revision or "main", "commit": report.commit}
+    if report.commit is None:
+        out["commit_note"] = "not known offline: only the revision asked is recorded"
+    return out
 
 
 # ----------------------------------------------------------------------------- read / write
@@ -249,6 +265,14 @@ def finished_record(plan, sp, parent_digest: str, digest: str, started: str, sec
         rec["rewards"] = reward_sources(sorted(names))
         rec["reward_modules"] = [{"spec": s, **_module_hash(s)} for s in modules]
     rec["model"] = {"digest": digest, "path": str(sp.out)}
+    if hasattr(sp.cfg, "chat_template"):
+        from ..data.templates import saved_template, template_name
+
+        rec["template"] = {
+            "chat_template": sp.cfg.chat_template,
+            "add_bos": sp.cfg.add_bos,
+            "used": template_name(saved_template(sp.out)),
+        }
     rec["finished_at"] = now()
     rec["wall_seconds"] = seconds
     return rec
