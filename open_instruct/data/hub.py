@@ -59,18 +59,17 @@ def load_hub(src: Any, where: str, name: str):
     failure is a one-line DataError naming the source (`where`, e.g. `mix.yaml sources[0]`)."""
     import datasets
 
-    rev = f" revision {src.revision!r}" if src.revision else ""
     try:
         ds = datasets.load_dataset(src.hf, src.subset, split=src.split, revision=src.revision)
     except Exception as e:  # noqa: BLE001 - any loader failure is a data problem, one line
         if offline():
             raise DataError(
-                f"{where}.hf: {name!r}{rev} is not in the local datasets cache and offline mode is on "
+                f"{where}.hf: {name!r} is not in the local datasets cache and offline mode is on "
                 f"(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); load it once with network access first, "
                 f"see docs/data.md 'Offline' ({type(e).__name__}: {one_line(e)})"
             ) from None
         raise DataError(
-            f"{where}.hf: could not load {src.hf!r}{rev} split {src.split!r} ({type(e).__name__}: {one_line(e)})"
+            f"{where}.hf: could not load {name!r} split {src.split!r} ({type(e).__name__}: {one_line(e)})"
         ) from None
     served = served_commit(ds)
     expected = cached_commit(src.hf, src.revision)
