@@ -109,9 +109,9 @@ def choose_template(tokenizer, name: str | None, add_bos: bool = False, source: 
                 f"chat_template: null keeps the tokenizer's own template, but {source} has none; "
                 f"set chat_template: auto, tulu or olmo"
             )
-        if add_bos:
-            log.warning("%s: add_bos ignored: the tokenizer's own chat template is used as it is", source)
         used = f"{OWN} ({template_name(own)})"
+        if add_bos and not used.endswith("with BOS)"):
+            log.warning("%s: add_bos ignored: the tokenizer's own chat template is used as it is", source)
     else:
         install_template(tokenizer, "tulu" if name == "auto" else name, add_bos=add_bos)
         used = template_name(tokenizer.chat_template)

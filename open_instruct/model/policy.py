@@ -61,13 +61,15 @@ def load_tokenizer(
     add_bos: bool = False,
     trust_remote_code: bool = False,
 ):
+    """The tokenizer, with a pad token. `chat_template` None leaves its template as it is; a name
+    (auto, tulu, olmo) is given to data.templates.choose_template, which logs what is used."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if chat_template:
-        from ..data.templates import install_template
+        from ..data.templates import choose_template
 
-        install_template(tok, chat_template, add_bos=add_bos)
+        choose_template(tok, chat_template, add_bos=add_bos, source=name_or_path)
     if tok.pad_token_id is None:
         # A pad distinct from EOS keeps EOS labels trainable in every collator.
         tok.add_special_tokens({"pad_token": "<|pad|>"})

@@ -21,8 +21,10 @@ class TrainConfig:
     # model
     model_name_or_path: str = ""
     tokenizer_name_or_path: str | None = None
-    chat_template: str | None = "tulu"  # tulu | olmo | null (keep the tokenizer's own)
-    add_bos: bool = False  # OLMo 2: BOS in front of the tulu template
+    chat_template: str | None = (
+        "auto"  # auto: the tokenizer's own, else tulu | tulu | olmo | null: the tokenizer's own (required)
+    )
+    add_bos: bool = False  # OLMo 2: BOS in front of the tulu/olmo template
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
@@ -87,8 +89,10 @@ class TrainConfig:
             raise ConfigError(f"{where}.learning_rate: must be > 0, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"{where}.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if self.chat_template not in (None, "tulu", "olmo"):
-            raise ConfigError(f"{where}.chat_template: {self.chat_template!r} is not one of tulu, olmo, null")
+        if self.chat_template not in (None, "auto", "tulu", "olmo"):
+            raise ConfigError(
+                f"{where}.chat_template: {self.chat_template!r} is not one of auto, tulu, olmo, null"
+            )
         if self.deepspeed and self.deepspeed not in ("zero2", "zero3") and not Path(self.deepspeed).is_file():
             raise ConfigError(
                 f"{where}.deepspeed: {self.deepspeed!r} is neither zero2, zero3 nor an existing file"

@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def load_stage_tokenizer(cfg: TrainConfig):
-    return load_tokenizer(
-        cfg.tokenizer_name_or_path or cfg.model_name_or_path,
-        chat_template=cfg.chat_template,
-        add_bos=cfg.add_bos,
-        trust_remote_code=cfg.trust_remote_code,
-    )
+    """The stage's tokenizer with the template `chat_template` asks for (auto: the tokenizer's own,
+    else tulu), resolved here, before any cache key is computed from it; the choice is logged."""
+    from ..data.templates import choose_template
+
+    path = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+    tok = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
+    choose_template(tok, cfg.chat_template, add_bos=cfg.add_bos, source=path)
+    return tok
 
 
 def load_tokenized(cfg: TrainConfig, tokenizer, kind: str, mix: str | None = None, **settings):
