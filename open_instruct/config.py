@@ -255,6 +255,10 @@ NON_SEMANTIC_KEYS = frozenset(
         "wandb_run_name",
         "preprocessing_num_workers",
         "reward_workers",
+        "push_to_hub",  # sharing a finished model is no reason to train it again
+        "hub_model_id",
+        "hub_private_repo",
+        "hub_revision",
     }
 )
 

@@ -221,8 +221,10 @@ def fit_context(
     p = Path(model).expanduser()
     if not p.is_dir() and (p.is_absolute() or model.startswith(".") or model.count("/") != 1):
         raise ConfigError(f"{model_field}: {model} is neither a local model dir nor a hub id (org/name)")
+    from ..model.lora import config_dir
+
     try:
-        config = AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(config_dir(model))  # a LoRA adapter dir: its base's config
     except (OSError, ValueError) as e:
         raise ConfigError(f"{model_field}: cannot read {model}: {' '.join(str(e).split())[:200]}") from e
     context = getattr(config, "max_position_embeddings", None)

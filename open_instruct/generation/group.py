@@ -60,7 +60,11 @@ class RolloutGroup:
     def __init__(self, cfg: RolloutConfig):
         import ray
 
+        from ..model.lora import full_weights_dir
+
         cfg.validate("rollout")
+        # vLLM loads full weights: a LoRA stage's dir serves its merged/ (written on first need)
+        cfg = dataclasses.replace(cfg, model=full_weights_dir(cfg.model))
         self.cfg = cfg
         self.ray_mode = connect_ray(cfg)
         self._actor_cls = ray.remote(RolloutEngine)

@@ -59,11 +59,13 @@ class EvalSession:
     def evaluate(self, model_dir: str) -> EvalResult:
         from safetensors.torch import load_file
 
+        from ..model.lora import full_weights_dir
         from ..model.policy import load_tokenizer
         from .config import rollout_config
         from .group import RolloutGroup
 
         spec = self.spec
+        model_dir = full_weights_dir(model_dir)  # a LoRA stage: its merged weights
         if self.runner is None:
             self.runner = reward_runner(spec.reward_modules, "eval.reward_modules")
         tokenizer = load_tokenizer(model_dir)

@@ -28,7 +28,10 @@ def load_value_model(
 ) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
+    from .lora import full_weights_dir
+
     check_safe_weights(name_or_path, allow_pickle)
+    name_or_path = full_weights_dir(name_or_path)  # a LoRA stage's dir: its merged weights
     model, info = AutoModelForSequenceClassification.from_pretrained(
         name_or_path,
         num_labels=1,

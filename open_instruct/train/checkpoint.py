@@ -147,12 +147,18 @@ def publish_model(tmp: Path, out_dir: Path) -> str:
         stale.unlink()
     files = {}
     mode = readable_mode()  # some writers (safetensors, tokenizers) leave 0600 files: publish readable ones
-    for p in sorted(tmp.iterdir()):
+    for p in sorted(tmp.rglob("*")):  # subfolders too (a LoRA stage's merged/ weights)
         if p.is_file():
             fsync_file(p)
             os.chmod(p, mode)
-            files[p.name] = {"size": p.stat().st_size, "checksum": file_checksum(p)[0]}
-            os.replace(p, out_dir / p.name)
+            files[p.relative_to(tmp).as_posix()] = {"size": p.stat().st_size, "checksum": file_checksum(p)[0]}
+    for p in sorted(tmp.iterdir()):
+        if p.is_dir():
+            fsync_dir(p)
+            shutil.rmtree(out_dir / p.name, ignore_errors=True)
+        elif not p.is_file():
+            continue
+        os.replace(p, out_dir / p.name)
     shutil.rmtree(tmp, ignore_errors=True)
     digest = _digest_of(files)
     atomic_write_json(
