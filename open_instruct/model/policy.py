@@ -26,7 +26,9 @@ class LoraSettings:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: str = "all-linear"
+    target_modules: str | list[str] = "all-linear"
+    save_merged: bool = False  # also publish full merged weights in <out>/merged/
+    load_in_4bit: bool = False  # QLoRA: the base in 4-bit NF4 (bitsandbytes, CUDA only)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -95,10 +97,14 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
 class Policy:
     """A causal LM plus its tokenizer; `logprobs` is the one forward every loss builds on."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name_or_path: str = ""):
+    def __init__(
+        self, model: torch.nn.Module, tokenizer, name_or_path: str = "", lora: LoraSettings | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.name_or_path = name_or_path
+        self.lora = lora  # set when `model` trains a LoRA adapter: how `save` publishes it
+        self.resized_embeddings = False  # the tokenizer added tokens: embeddings differ from the base's
 
     @classmethod
     def load(
@@ -114,40 +120,42 @@ class Policy:
         allow_pickle: bool = False,
         trainable: bool = True,
     ) -> Policy:
-        from transformers import AutoModelForCausalLM
+        from . import lora as lora_mod
 
         check_safe_weights(name_or_path, allow_pickle)
         if tokenizer is None:
             tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
+        lora = lora if trainable else None
+        source, extra = name_or_path, {}
+        if lora is not None and lora.load_in_4bit:  # QLoRA: quantised while loading, from full weights
+            source = lora_mod.full_weights_dir(name_or_path)
+            extra = lora_mod.quantization_kwargs(resolve_dtype(dtype))
+        # a stage dir holding a LoRA adapter loads as its base with the adapter merged in
+        model = lora_mod.load_causal_lm(
+            source,
+            vocab_size=len(tokenizer),
             dtype=resolve_dtype(dtype),
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
             use_safetensors=not allow_pickle,
+            **extra,
         )
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        resized = len(tokenizer) > model.get_input_embeddings().num_embeddings
+        if resized:
             model.resize_token_embeddings(len(tokenizer))
+        if extra:
+            model = lora_mod.prepare_4bit(model, gradient_checkpointing)
         if gradient_checkpointing and trainable:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        if lora is not None and trainable:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=lora.rank,
-                    lora_alpha=lora.alpha,
-                    lora_dropout=lora.dropout,
-                    target_modules=lora.target_modules,
-                    task_type="CAUSAL_LM",
-                ),
-            )
+        if lora is not None:
+            model = lora_mod.apply_lora(model, lora)
         if not trainable:
             model.eval()
             model.requires_grad_(False)
-        return cls(model, tokenizer, name_or_path)
+        policy = cls(model, tokenizer, name_or_path, lora=lora)
+        policy.resized_embeddings = resized
+        return policy
 
     def frozen_copy(self) -> Policy:
         """A reference model: same weights, no gradients, eval mode."""
@@ -168,15 +176,37 @@ class Policy:
 
     # ---- save ------------------------------------------------------------------------------
     def save(self, out_dir: str | Path, state_dict: dict | None = None) -> None:
-        """A normal HF checkpoint (safetensors) with tokenizer and chat template."""
+        """A normal HF checkpoint (safetensors) with tokenizer and chat template; for a LoRA policy the
+        PEFT adapter (+ tokenizer), and with `save_merged` full merged weights in `<out_dir>/merged/`."""
+        from . import lora as lora_mod
+
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model = self.model
-        if hasattr(model, "merge_and_unload"):  # LoRA: ship merged weights, loadable anywhere
-            model = model.merge_and_unload()
-            state_dict = None
-        model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+        if lora_mod.is_peft_model(self.model):
+            lora_mod.save_adapter(
+                self.model,
+                out_dir,
+                base=self.name_or_path,
+                state_dict=state_dict,
+                save_embeddings=self.resized_embeddings,
+            )
+            self.tokenizer.save_pretrained(out_dir)
+            if self.lora is not None and self.lora.save_merged:
+                # a 4-bit base merges into the base's own dtype; otherwise the dtype it trained in
+                quantized = getattr(self.model, "is_loaded_in_4bit", False)
+                dtype = None if quantized else _float_dtype(self.model)
+                lora_mod.write_merged(out_dir, out_dir / lora_mod.MERGED, dtype=dtype)
+            return
+        self.model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
+
+
+def _float_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the model trained in (a 4-bit base's packed weights are not floats)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def token_logprobs(

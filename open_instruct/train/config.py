@@ -28,10 +28,13 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
-    use_lora: bool = False
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    use_lora: bool = False  # train a LoRA adapter (PEFT), not all weights; the stage publishes the adapter
+    lora_rank: int = 16  # LoRA rank r
+    lora_alpha: int = 32  # LoRA alpha: the adapter's update is scaled by alpha / rank
+    lora_dropout: float = 0.0  # dropout on the adapter's input
+    lora_target_modules: str | list[str] = "all-linear"  # all-linear (not lm_head) or names [q_proj, v_proj]
+    lora_save_merged: bool = False  # also publish merged full weights in <output_dir>/merged/
+    load_in_4bit: bool = False  # QLoRA: a 4-bit NF4 base (bitsandbytes, CUDA only; needs use_lora)
     trust_remote_code: bool = False
     allow_pickle: bool = False
     # data
@@ -65,11 +68,54 @@ class TrainConfig:
     logging_steps: int = 1
     wandb_project: str | None = None
     wandb_run_name: str | None = None
+    # sharing (TRL's names): after the model is published and verified; `open-instruct push` retries
+    push_to_hub: bool = False  # upload the published model (and a model card) to the Hugging Face Hub
+    hub_model_id: str | None = None  # hub repo org/name, or name (your namespace); null: output_dir's name
+    hub_private_repo: bool | None = None  # create the repo private; null: the hub's default for the namespace
+    hub_revision: str | None = None  # the branch to push to (created from main when missing); null: main
 
     @property
     def generates_data(self) -> bool:
         """True when the stage makes its own training data (DPO `policy_pairs`)."""
         return False
+
+    @property
+    def lora_targets(self) -> str | list[str]:
+        """PEFT's `target_modules`: "all-linear", or a list of module names ("q_proj,v_proj" is split)."""
+        targets = self.lora_target_modules
+        if isinstance(targets, str):
+            return (
+                targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+            )
+        return list(targets)
+
+    def validate_lora(self, where: str) -> None:
+        if self.lora_rank < 1:
+            raise ConfigError(f"{where}.lora_rank: must be >= 1, got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"{where}.lora_alpha: must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"{where}.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_targets:
+            raise ConfigError(
+                f"{where}.lora_target_modules: empty; use all-linear or module names (q_proj, ...)"
+            )
+        for key in ("lora_save_merged", "load_in_4bit"):
+            if getattr(self, key) and not self.use_lora:
+                raise ConfigError(f"{where}.{key}: applies to LoRA training only; set use_lora: true")
+        if self.load_in_4bit:
+            if self.deepspeed:
+                raise ConfigError(
+                    f"{where}.load_in_4bit: QLoRA does not run under DeepSpeed; remove deepspeed"
+                )
+            from ..model.lora import qlora_unavailable
+
+            why = qlora_unavailable()
+            if why:
+                raise ConfigError(
+                    f"{where}.load_in_4bit: QLoRA needs a CUDA GPU and bitsandbytes, but {why}; "
+                    f"set load_in_4bit: false to train LoRA on the full-precision base"
+                )
 
     def validate(self, where: str) -> None:
         if not self.model_name_or_path:
@@ -98,6 +144,11 @@ class TrainConfig:
                 f"{where}.deepspeed: {self.deepspeed!r} is neither zero2, zero3 nor an existing file"
             )
         self.accumulation_steps(world_size=1, where=where) if self.total_batch_size else None
+        self.validate_lora(where)
+        if self.hub_model_id is not None:
+            from ..model.hub import check_repo_id
+
+            check_repo_id(self.hub_model_id, f"{where}.hub_model_id")
 
     def accumulation_steps(self, world_size: int, where: str = "config") -> int:
         """Gradient accumulation steps so that the effective batch is `total_batch_size`."""

@@ -12,6 +12,7 @@ import yaml
 from ..config import config_diff, describe_diff, to_dict
 from ..errors import ConfigError
 from ..io import atomic_write_json
+from ..model.lora import MERGED
 from ..model.policy import LoraSettings, Policy, load_tokenizer
 from ..track import plot_stage
 from . import checkpoint as ckpt
@@ -62,7 +63,16 @@ def load_policy(
     cfg: TrainConfig, tokenizer, trainable: bool = True, name_or_path: str | None = None
 ) -> Policy:
     lora = (
-        LoraSettings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout) if cfg.use_lora and trainable else None
+        LoraSettings(
+            rank=cfg.lora_rank,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_targets,
+            save_merged=cfg.lora_save_merged,
+            load_in_4bit=cfg.load_in_4bit,
+        )
+        if cfg.use_lora and trainable
+        else None
     )
     return Policy.load(
         name_or_path or cfg.model_name_or_path,
@@ -146,6 +156,8 @@ def publish(out: Path, save, name: str, summary: dict | None = None) -> str:
 
     tmp = out / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
+    # merged weights made on demand for an earlier adapter in this dir (model/lora.py) are stale now
+    shutil.rmtree(out / MERGED, ignore_errors=True)
     save(tmp)
     digest = ckpt.publish_model(tmp, out)
     plot_stage(out / "metrics.jsonl", out / f"{name}_curves.png", name, title=f"{name}: {out}")
