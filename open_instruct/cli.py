@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_rewards_parser(sub)
     from .data.inspect import add_data_parser
 
-    add_data_parser(sub, known_verifier=_known_verifier, label_check=_label_check)
+    add_data_parser(
+        sub, known_verifier=_known_verifier, label_check=_label_check, check_source=_check_tokenizer_source
+    )
     from .model.tiny import add_tiny_parser
 
     add_tiny_parser(sub)
@@ -189,11 +191,16 @@ def _known_verifier(name: str) -> bool:
         return False
 
 
+def _check_tokenizer_source(path: str, flag: str) -> None:
+    from .model.source import check_model_source
+
+    check_model_source(path, flag, kind="tokenizer")
+
+
 def _label_check(dataset: str, ground_truth) -> str | None:
     from .generation.evaluate import label_check
 
     return label_check(dataset, ground_truth)
-    return parser
 
 
 def _recipes_command(args) -> int:

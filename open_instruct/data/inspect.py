@@ -147,6 +147,9 @@ def inspect_command(args) -> int:
     from ..errors import ConfigError
     from .templates import choose_template
 
+    check_source = getattr(args, "check_source", None)
+    if check_source is not None:  # a missing dir, no tokenizer files, a hub id without network: one line
+        check_source(args.tokenizer, "data inspect --tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     except Exception as e:  # noqa: BLE001 - a bad path/dir is the user's input
@@ -176,9 +179,11 @@ def add_data_parser(
     subparsers,
     known_verifier: Callable[[str], bool] | None = None,
     label_check: Callable[[str, str], str | None] | None = None,
+    check_source: Callable[[str, str], None] | None = None,
 ) -> argparse.ArgumentParser:
     """`data` with its subcommand `inspect`. The caller that knows the verifiers (the CLI) passes
-    `known_verifier` / `label_check` here; this package does not import reward_fns."""
+    `known_verifier` / `label_check` here; this package does not import reward_fns. `check_source(path,
+    flag)` raises a one-line error when --tokenizer cannot be loaded (model/source.py, a layer above)."""
     p = subparsers.add_parser("data", help="inspect data mixes")
     sub = p.add_subparsers(dest="data_command", required=True)
     q = sub.add_parser("inspect", help="rows per source, token lengths, and what is trained on")
@@ -196,5 +201,10 @@ def add_data_parser(
     q.add_argument("--add-bos", action="store_true", help="with tulu/olmo: BOS in front (OLMo 2)")
     q.add_argument("--example", type=int, default=0, help="which row to render")
     q.add_argument("--no-color", action="store_true")
-    q.set_defaults(func=inspect_command, known_verifier=known_verifier, label_check=label_check)
+    q.set_defaults(
+        func=inspect_command,
+        known_verifier=known_verifier,
+        label_check=label_check,
+        check_source=check_source,
+    )
     return p

@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 CORRECT = 0.5  # a sample scoring >= this counts as right (pass@k, preference pairs)
 
 
+EVAL_COMMAND = "eval"  # EvalSpec's `where` for the `eval` command
+CLI_FLAGS = {
+    "dataset_mix": "--data",
+    "samples": "--samples",
+    "max_tokens": "--max-tokens",
+    "max_prompt_length": "--max-prompt-length",
+    "limit": "--limit",
+    "temperature": "--temperature",
+}
+
+
 @dataclass
 class EvalSpec:
     """Held-out evaluation settings: the recipe's `eval:` block (after every stage and of the base
@@ -41,17 +52,26 @@ class EvalSpec:
     base: bool = True  # recipes: also evaluate the base model, the row every stage improves on
 
     def validate(self, where: str) -> None:
+        # the `eval` command's settings are its flags: errors name the flag (`eval --limit`), not a key
+        cli = where == EVAL_COMMAND
+
+        def key(name: str) -> str:
+            return f"{where} {CLI_FLAGS[name]}" if cli else f"{where}.{name}"
+
         if not self.dataset_mix:
-            raise ConfigError(f"{where}: missing required key 'dataset_mix'")
+            raise ConfigError(
+                f"{key('dataset_mix')}: required" if cli else f"{where}: missing required key 'dataset_mix'"
+            )
         for name in ("samples", "max_tokens", "max_prompt_length"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{key(name)}: must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"{where}.limit: must be >= 1 or null, got {self.limit}")
+            unset = "leave it out for all prompts" if cli else "or null for all prompts"
+            raise ConfigError(f"{key('limit')}: must be >= 1 ({unset}), got {self.limit}")
         if self.temperature is not None and self.temperature < 0:
-            raise ConfigError(f"{where}.temperature: must be >= 0, got {self.temperature}")
+            raise ConfigError(f"{key('temperature')}: must be >= 0, got {self.temperature}")
         if self.samples > 1 and self.temperature == 0:
-            raise ConfigError(f"{where}.temperature: 0 (greedy) gives {self.samples} identical samples")
+            raise ConfigError(f"{key('temperature')}: 0 (greedy) gives {self.samples} identical samples")
         from ..config import from_dict
         from .config import RolloutConfig
 
@@ -185,10 +205,12 @@ def check_verifiers(rows: list[dict], where: str) -> None:
 def evaluate_model(model: str, spec: EvalSpec) -> EvalResult:
     """Starts an engine on `model`, evaluates the RLVR-format mix `spec.dataset_mix`, shuts it down."""
     from ..model.policy import load_tokenizer
+    from ..model.source import check_model_source
     from .config import rollout_config
     from .group import RolloutGroup
 
     max_prompt_length = fit_context(model, spec.max_prompt_length, spec.max_tokens)
+    check_model_source(model, "eval --model", kind="tokenizer")
     tokenizer = load_tokenizer(model)
     runner = reward_runner(spec.reward_modules, "eval --reward-module")  # before the rows name them
     group = None
@@ -218,9 +240,9 @@ def fit_context(
     `tokens_field` when nothing fits or the model is not there."""
     from transformers import AutoConfig
 
-    p = Path(model).expanduser()
-    if not p.is_dir() and (p.is_absolute() or model.startswith(".") or model.count("/") != 1):
-        raise ConfigError(f"{model_field}: {model} is neither a local model dir nor a hub id (org/name)")
+    from ..model.source import check_model_source
+
+    check_model_source(model, model_field)  # a missing dir, a file, no config.json, no network: one line
     from ..model.lora import config_dir
 
     try:
@@ -264,7 +286,7 @@ def eval_command(args) -> int:
             "reward_modules": list(args.reward_module),
             "max_prompt_length": args.max_prompt_length,
         },
-        "eval",
+        EVAL_COMMAND,
     )
     res = evaluate_model(args.model, spec)
     summary = res.summary()

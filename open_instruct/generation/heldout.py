@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 
 from ..io import atomic_write_json, atomic_write_text, read_json
-from .evaluate import EvalResult, EvalSpec, check_verifiers, evaluate_rows, load_eval_rows, reward_runner
+from .evaluate import (
+    EvalResult,
+    EvalSpec,
+    check_verifiers,
+    evaluate_rows,
+    fit_context,
+    load_eval_rows,
+    reward_runner,
+)
 
 
 def eval_settings(spec: EvalSpec, mix: str) -> dict:
@@ -41,17 +49,23 @@ class EvalSession:
 
     @staticmethod
     def _arch_key(model_dir: str) -> str:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        local = Path(model_dir) / "config.json"
+        if local.is_file():
+            cfg = json.loads(local.read_text())
+        else:  # a hub id (the base model)
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(model_dir).to_dict()
         for k in ("dtype", "torch_dtype", "transformers_version", "_name_or_path"):
             cfg.pop(k, None)
         return json.dumps(cfg, sort_keys=True)
 
-    def _rows(self, tokenizer) -> list[dict]:
+    def _rows(self, tokenizer, prompt_budget: int) -> list[dict]:
         from ..data.tokenize import tokenizer_fingerprint
 
-        key = tokenizer_fingerprint(tokenizer)
+        key = f"{tokenizer_fingerprint(tokenizer)}:{prompt_budget}"
         if key not in self.rows_cache:
-            rows = load_eval_rows(self.mix, tokenizer, self.spec.max_prompt_length, self.spec.limit)
+            rows = load_eval_rows(self.mix, tokenizer, prompt_budget, self.spec.limit)
             check_verifiers(rows, self.mix)
             self.rows_cache[key] = rows
         return self.rows_cache[key]
@@ -61,6 +75,7 @@ class EvalSession:
 
         from ..model.lora import full_weights_dir
         from ..model.policy import load_tokenizer
+        from ..model.source import check_model_source
         from .config import rollout_config
         from .group import RolloutGroup
 
@@ -68,8 +83,14 @@ class EvalSession:
         model_dir = full_weights_dir(model_dir)  # a LoRA stage: its merged weights
         if self.runner is None:
             self.runner = reward_runner(spec.reward_modules, "eval.reward_modules")
+        # prompt + response must fit the model's positions (a tiny base: 512), else vLLM refuses the
+        # engine with a validation traceback: prompts are capped (logged), or nothing fits: one line
+        budget = fit_context(
+            model_dir, spec.max_prompt_length, spec.max_tokens, "eval model", "eval.max_tokens"
+        )
+        check_model_source(model_dir, "eval model", kind="tokenizer")
         tokenizer = load_tokenizer(model_dir)
-        rows = self._rows(tokenizer)
+        rows = self._rows(tokenizer, budget)
         key = self._arch_key(model_dir)
         if self.group is not None and key == self.arch_key:
             weights = {}
@@ -81,7 +102,7 @@ class EvalSession:
             cfg = rollout_config(
                 model_dir,
                 seed=spec.seed,
-                max_model_len=spec.max_prompt_length + spec.max_tokens,
+                max_model_len=budget + spec.max_tokens,
                 options=spec.rollout,
                 where="eval.rollout",
             )

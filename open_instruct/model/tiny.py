@@ -110,6 +110,10 @@ def build_tiny(
 
     if arch not in ("llama", "olmo2"):
         raise ValueError(f"arch {arch!r} is not one of llama, olmo2")
+    sizes = dict(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, ffn=ffn, vocab_size=vocab_size)
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     if hidden % heads or heads % kv_heads:
         raise ValueError(f"hidden {hidden} must divide by heads {heads}, and heads by kv_heads {kv_heads}")
     out = Path(out_dir)
@@ -159,9 +163,27 @@ def add_tiny_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def check_out_dir(out: Path) -> None:
+    """`tiny --out` is a new or empty dir, or a model dir to rebuild; never a file, nor a dir holding
+    other things (the model's files would land among them)."""
+    from ..errors import ConfigError
+
+    for q in (out, *out.parents):
+        if q.exists() and not q.is_dir():
+            inside = "" if q == out else f" (a parent of {out})"
+            raise ConfigError(f"tiny --out: {q} is a file{inside}; give a directory")
+        if q.exists():
+            break
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ConfigError(
+            f"tiny --out: {out} is a non-empty directory that holds no model; give a new or empty directory"
+        )
+
+
 def tiny_command(args) -> int:
     from ..errors import ConfigError
 
+    check_out_dir(Path(args.out).expanduser())
     try:
         out = build_tiny(
             args.out,

@@ -322,6 +322,7 @@ def run_rlvr(cfg: RLVRConfig) -> Path:
     out = Path(cfg.output_dir)
     if stage.already_done(cfg):
         return out
+    stage.check_sources(cfg)  # every model it loads is there: one line, before anything heavy
     from ..generation.evaluate import load_reward_modules
 
     tokenizer = stage.load_stage_tokenizer(cfg)

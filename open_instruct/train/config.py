@@ -124,6 +124,7 @@ class TrainConfig:
             raise ConfigError(f"{where}: missing required key 'dataset_mix'")
         if not self.output_dir:
             raise ConfigError(f"{where}: missing required key 'output_dir'")
+        check_output_dir(self.output_dir, f"{where}.output_dir")
         for name in ("per_device_train_batch_size", "max_seq_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
@@ -255,6 +256,18 @@ class DPOConfig(TrainConfig):
             raise ConfigError(f"{where}.reference_batch_size: must be >= 1, got {self.reference_batch_size}")
         if self.eval_dataset_mix == "":
             self.eval_dataset_mix = None
+
+
+def check_output_dir(path: str, where: str) -> None:
+    """An output dir must be (or become) a directory: neither it nor the first of its parents that
+    exists may be a file (mkdir would fail there deep inside a run)."""
+    p = Path(path).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                inside = "" if q == p else f" (a parent of {path})"
+                raise ConfigError(f"{where}: {q} is a file{inside}; give a directory")
+            return
 
 
 def short_form(args) -> dict:

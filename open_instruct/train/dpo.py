@@ -188,6 +188,7 @@ def run_dpo(cfg: DPOConfig, on_step: Callable[[int, dict], None] | None = None) 
     out = Path(cfg.output_dir)
     if stage.already_done(cfg):
         return out
+    stage.check_sources(cfg)  # every model it loads is there: one line, before anything heavy
     engine = Engine(cfg, out, reduction="sum")
     tokenizer = stage.load_stage_tokenizer(cfg)
     train_mix, eval_mix = cfg.dataset_mix, cfg.eval_dataset_mix

@@ -32,6 +32,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     out = Path(cfg.output_dir)
     if stage.already_done(cfg):
         return out
+    stage.check_sources(cfg)  # every model it loads is there: one line, before anything heavy
     engine = Engine(cfg, out, reduction=cfg.loss_reduction)
     tokenizer = stage.load_stage_tokenizer(cfg)
     with engine.accelerator.main_process_first():

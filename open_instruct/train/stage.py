@@ -111,6 +111,22 @@ def collate(cfg: TrainConfig, tokenizer, examples: list[dict]) -> dict:
     return pad_collate(examples, pad_token_id=tokenizer.pad_token_id)
 
 
+def check_sources(cfg) -> None:
+    """Every model and tokenizer the stage will load is there (a local dir with config.json, or a hub id
+    the hub or the offline cache has): one line naming the key. Each stage runner calls it right after
+    `already_done` (a finished stage needs no model, nor the network), before anything heavy. Not part
+    of `validate`: in a recipe a stage's model is the previous stage's output, made later."""
+    from ..model.source import check_model_source
+
+    name = type(cfg).__name__.removesuffix("Config").lower()
+    check_model_source(cfg.model_name_or_path, f"{name} model_name_or_path")
+    tok_key = "tokenizer_name_or_path" if cfg.tokenizer_name_or_path else "model_name_or_path"
+    check_model_source(getattr(cfg, tok_key), f"{name} {tok_key}", kind="tokenizer")
+    for key in ("ref_model_name_or_path", "value_model_name_or_path"):
+        if getattr(cfg, key, None):
+            check_model_source(getattr(cfg, key), f"{name} {key}")
+
+
 def already_done(cfg) -> bool:
     """True when output_dir holds an intact finished model trained with this very config (the same rule
     recipes use: config.config_diff); a finished run with a different config is an error, never
