@@ -6,6 +6,7 @@
     open-instruct dpo  --config FILE.yaml | --model M --data prefs.jsonl --output DIR  [--set ...]
     open-instruct rlvr --config FILE.yaml [--set ...]
     open-instruct eval --model DIR --data MIX.yaml [--samples K]
+    open-instruct push DIR --repo-id ORG/NAME [--private] [--revision BRANCH]   (a stage or recipe run dir)
     open-instruct rewards list | score | check
     open-instruct data inspect MIX.yaml --tokenizer DIR
     open-instruct tiny --out DIR [--arch llama|olmo2] [--seed N]
@@ -89,7 +90,8 @@ def _add_stage(sub, parent, name: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key (repeatable; dotted keys for nested values)",
     )
-    p.set_defaults(func=_lazy(st.command))
+    # the stage, then its push_to_hub (recipe/push.py)
+    p.set_defaults(func=_lazy("open_instruct.recipe.push:stage_command"))
     return p
 
 
@@ -155,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-module", action="append", default=[], help="user reward spec file.py:fn")
     p.add_argument("--output", help="write per-sample results (JSONL) here")
     p.set_defaults(func=_lazy("open_instruct.generation.evaluate:eval_command"))
+
+    p = sub.add_parser(
+        "push",
+        help="upload a published model (+ a model card from its lineage) to the Hugging Face Hub",
+        parents=[parent],
+    )
+    p.add_argument("model_dir", help="a stage's output dir, or a recipe run dir (its final stage is pushed)")
+    p.add_argument("--repo-id", required=True, help="hub repo: org/name, or name for your own namespace")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", default=None, help="branch to push to (created when missing; default main)")
+    p.set_defaults(func=_lazy("open_instruct.recipe.push:push_command"))
 
     from reward_fns.cli import add_rewards_parser
 

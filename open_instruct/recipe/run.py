@@ -10,7 +10,8 @@ What it does, top to bottom (`run_recipe`):
 3. build the base model when it is a `tiny:` spec, and evaluate it on the held-out set (`eval:`);
 4. for each stage: skip it when finished and verified, else train it (an interrupted stage resumes
    from its newest checkpoint), write lineage.json, evaluate it on the held-out set;
-5. print the summary table and write `<output>/report.md`.
+5. print the summary table and write `<output>/report.md`;
+6. push what the recipe and its stages ask to the Hugging Face Hub (push.py; a rerun retries a failed push).
 On several nodes the same command runs on every node (NODE_RANK set): node 0 does the evaluations,
 lineage and report; every node takes part in the multi-node stages; the other nodes wait for node 0
 on single-node stages (the run directory is on a shared filesystem).
@@ -131,6 +132,9 @@ def run_plan(plan: Plan) -> list[StageResult]:
         total = time.time() - t_all
         print(format_summary(plan, results, total), flush=True)
         print(f"report: {write_report(plan, results, total)}", flush=True)
+        from .push import push_recipe
+
+        push_recipe(plan)  # stages with push_to_hub, then the recipe's push_to_hub
     return results
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..generation.evaluate import EvalSpec
+from ..model.hub import HubTarget
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Recipe:
     defaults: dict = field(default_factory=dict)  # merged into every stage that has the key
     eval: EvalSpec | None = None
     launch: Launch = field(default_factory=Launch)
+    push_to_hub: HubTarget | None = None  # {repo_id, private, revision}: push the final model after the run
 
     def validate(self, where: str) -> None:
         if not self.stages:
