@@ -71,6 +71,11 @@ class RLVRConfig(TrainConfig):
     def validate(self, where: str) -> None:
         self.dataset_mix = self.dataset_mix or ""
         super().validate(where)
+        if self.use_lora:  # the weight sync sends vLLM full weights; an adapter's names match none
+            raise ConfigError(
+                f"{where}.use_lora: RLVR trains full weights; it can start from a LoRA stage (its adapter is "
+                f"merged in), but not train one: remove use_lora"
+            )
         for name in (
             "num_unique_prompts_rollout",
             "num_samples_per_prompt_rollout",

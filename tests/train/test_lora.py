@@ -211,6 +211,23 @@ def test_lora_keys_in_help_and_their_errors(tiny_model_dir, tmp_path):
         assert needle in str(info.value) and "\n" not in str(info.value)
 
 
+def test_rlvr_refuses_to_train_an_adapter(tiny_model_dir, tmp_path):
+    from open_instruct.config import from_dict
+    from open_instruct.rl.config import RLVRConfig
+
+    keys = dict(
+        model_name_or_path=str(tiny_model_dir),
+        dataset_mix="x.jsonl",
+        output_dir=str(tmp_path),
+        max_train_steps=1,
+    )
+    from_dict(RLVRConfig, keys, "rlvr")  # starting from any model is fine
+    with pytest.raises(
+        ConfigError, match=r"^rlvr.use_lora: RLVR trains full weights; it can start from a LoRA"
+    ):
+        from_dict(RLVRConfig, {**keys, "use_lora": True}, "rlvr")
+
+
 def _base_keys(model, out, **kw):
     keys = dict(model_name_or_path=str(model), dataset_mix="x.jsonl", output_dir=str(out), use_lora=True)
     keys.update(kw)
