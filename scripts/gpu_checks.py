@@ -125,12 +125,14 @@ def check_attention(work: Path, device) -> str:
         out = torch.zeros(batch["num_sequences"], dtype=torch.float64)
         return out.scatter_add_(0, batch["seq_index"][:, 1:][mask], tok_lp[mask].double())
 
+    # loaded straight onto the device: flash_attention_2 wants the model on the GPU from the start
+    load = dict(device_map=str(device))
     ref_model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager"
-    )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation=attn)
-    ref_model.to(device).eval()
-    model.to(device).eval()
+        model_dir, dtype=torch.float32, attn_implementation="eager", **load
+    ).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16, attn_implementation=attn, **load
+    ).eval()
     padded = pad_collate(examples, tok.pad_token_id)
     packed = pack_collate(examples, pad_token_id=tok.pad_token_id)
     leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).unsqueeze(0))
