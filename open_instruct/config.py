@@ -259,6 +259,7 @@ NON_SEMANTIC_KEYS = frozenset(
         "hub_model_id",
         "hub_private_repo",
         "hub_revision",
+        "dist_timeout_s",
     }
 )
 

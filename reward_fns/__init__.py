@@ -20,7 +20,8 @@ from . import code_reward, gsm8k, ifeval, math_reward, max_length, text_match  #
 from .errors import RewardError, RewardInputError, UnknownRewardError
 from .outcome import Outcome
 from .registry import RewardResult, RewardSpec, get_reward, get_spec, label_problem, list_rewards, register
-from .runner import RewardRunner, ScoreBatch, VerifierStats
+from .runner import RewardRunner
+from .stats import ScoreBatch, VerifierStats
 from .user_rewards import load_user_rewards
 
 __all__ = [

@@ -35,6 +35,7 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     num_gpus_per_engine: float | None = None  # cuda: default tensor_parallel_size; <1 to colocate
     num_cpus_per_engine: float = 1.0  # Ray CPU reservation per engine actor
+    resources: dict = field(default_factory=dict)  # custom Ray resources per engine, e.g. {"rollout_node": 1}
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (vLLM `dtype`)
     seed: int = 0
     max_model_len: int = 2048  # prompt + response

@@ -93,7 +93,14 @@ class RolloutEngine:
         self.start_seconds = time.perf_counter() - t0
 
     def ready(self) -> dict:
-        return {"start_seconds": self.start_seconds, "pid": os.getpid(), "node": socket.gethostname()}
+        import ray
+
+        return {
+            "start_seconds": self.start_seconds,
+            "pid": os.getpid(),
+            "node": socket.gethostname(),
+            "ray_node_id": ray.get_runtime_context().get_node_id(),
+        }
 
     def _generate(self, prompt_token_ids, sampling: dict, seeds: list[int] | None):
         from vllm import SamplingParams

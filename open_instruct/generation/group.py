@@ -81,12 +81,19 @@ class RolloutGroup:
     def _actor_options(self) -> dict:
         cfg = self.cfg
         env = {"PYTHONPATH": os.pathsep.join(p for p in (package_root(), os.environ.get("PYTHONPATH")) if p)}
-        for key in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL"):
-            if key in os.environ:
-                env[key] = os.environ[key]
+        for key, value in os.environ.items():
+            # engines run on any node of the Ray cluster, whose processes did not inherit our environment
+            if key in (
+                "VLLM_CPU_KVCACHE_SPACE",
+                "VLLM_CPU_OMP_THREADS_BIND",
+                "VLLM_LOGGING_LEVEL",
+            ) or key.startswith("OPEN_INSTRUCT_"):
+                env[key] = value
         if not cfg.multiprocess_engine:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_per_engine, "runtime_env": {"env_vars": env}}
+        if cfg.resources:
+            opts["resources"] = dict(cfg.resources)  # custom Ray resources: place engines on chosen nodes
         if cfg.device == "cuda":
             opts["num_gpus"] = (
                 cfg.num_gpus_per_engine if cfg.num_gpus_per_engine is not None else cfg.tensor_parallel_size

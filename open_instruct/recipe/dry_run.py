@@ -195,15 +195,16 @@ def _format_stage(sp: StagePlan, base_arch, n_stages: int, gpu_gb: float | None 
             )
         if mem.engine:
             weights, kv = mem.engine.get("weights", 0.0), mem.engine.get("kv cache", 0.0)
-            if weights > budget:
+            util = cfg.rollout_config().gpu_memory_utilization
+            if weights > budget * util:
                 L.append(
-                    f"    WARNING: the vLLM engine's weights ({memory.fmt_gb(weights)}) exceed {gpu_gb:g} GB "
-                    f"per GPU: raise rollout.tensor_parallel_size"
+                    f"    WARNING: the vLLM engine's weights ({memory.fmt_gb(weights)}) exceed {util:.0%} of "
+                    f"{gpu_gb:g} GB per GPU: raise rollout.tensor_parallel_size"
                 )
-            elif weights + kv > budget:
-                free = max(budget * 0.9 - weights, 1.0)
+            elif weights + kv > budget * util:
+                free = max(budget * util - weights, 1.0)
                 L.append(
-                    f"    (vLLM has ~{memory.fmt_gb(free)} for KV cache at 90% utilisation: it generates "
+                    f"    (vLLM has ~{memory.fmt_gb(free)} for KV cache at {util:.0%} utilisation: it generates "
                     f"the batch in ~{-(-kv // free):.0f} waves)"
                 )
     return L

@@ -18,13 +18,25 @@ per sequence, L/h/kv/f/V = layers, hidden, key-value width (kv_heads x head_dim)
                 without gradient checkpointing:  L * b * s * a
                 with it:                         L * b * s * h * w  (each layer's input)  +  b * s * a
                                                  (one layer recomputed at a time)
-    logits      b * s * V * (w + 4 + 4)      (the logits, an fp32 copy for log-softmax, its fp32 grad)
+    logits      b * s * V * (w + 4 + 4)      (the logits, an fp32 copy for log-softmax, its fp32 grad;
+                                              RLVR's entropy metric is computed without autograd)
+    ZeRO buffers, once per process (not divided by N):
+                ZeRO-3: 2 * LL * w + B * w   (the largest module -- the embedding, LL = V * h -- gathered
+                                              whole with its gradient, and the reduce bucket B)
+                ZeRO-1/2: 3 * B * w          (two overlapping reduce buffers and the all-gather bucket)
+                B = 5e8 elements, the shipped zero2/zero3 configs' bucket sizes
 
 RLVR adds, on the learner: the frozen reference policy P * w when beta > 0, and for PPO the value
 model (its own weights, gradients, optimizer states and activations, head = h instead of V * h);
 and on each vLLM engine (own GPU(s), tensor parallel t): P * w / t weights plus a KV cache of
-2 * L * kv * w bytes per token for the engine's share of the rollout batch at full length
-(prompt + response), / t. vLLM needs less when it runs the batch in waves, at a cost in speed.
+2 * L * ceil(kv_heads / t) * head_dim * w bytes per token per GPU (KV heads are split over the GPUs,
+replicated once t exceeds them) for the engine's share of the rollout batch at full length
+(prompt + response). vLLM takes `gpu_memory_utilization` of each GPU and runs the batch in waves
+when the whole batch's KV cache does not fit, at a cost in speed (the dry run says how many).
+
+DeepSpeed's own estimator of ZeRO model states (`estimate_zero3_model_states_mem_needs`,
+`estimate_zero2_model_states_mem_needs`) agrees with weights + gradients + optimizer + ZeRO buffers
+here: benchmarks/memory_model.py prints the comparison for every recipe model (docs/cluster.md).
 
 These are estimates (+-25% against measured peaks is typical): allocator fragmentation, CUDA
 context (~0.5-1 GB), NCCL buffers and temporary buffers are not counted.
@@ -241,8 +253,22 @@ def training_memory(
     return out
 
 
-def kv_cache_bytes(a: Arch, tokens: int, w: int = 2) -> float:
-    return float(2 * a.layers * a.kv_dim * w * tokens)
+def kv_cache_bytes(a: Arch, tokens: int, w: int = 2, tensor_parallel: int = 1) -> float:
+    """KV cache bytes per GPU of an engine over `tensor_parallel` GPUs."""
+    heads = math.ceil(a.kv_heads / max(1, tensor_parallel))  # split over GPUs, replicated past kv_heads
+    return float(2 * a.layers * heads * a.head_dim * w * tokens)
+
+
+BUCKET = 5e8  # elements: reduce / all-gather / prefetch bucket of the shipped zero2.json and zero3.json
+
+
+def zero_buffers(a: Arch, zero_stage: int, w: int) -> float:
+    """Per-process ZeRO working memory that does not shrink with more processes (module docstring)."""
+    if zero_stage >= 3:
+        return float(2 * a.vocab * a.hidden * w + BUCKET * w)
+    if zero_stage >= 1:
+        return float(3 * BUCKET * w)
+    return 0.0
 
 
 @dataclass
@@ -287,6 +313,8 @@ def estimate_memory(
             w=w,
             offload_optimizer=offload,
         )
+        if zero:
+            learner["ZeRO buffers"] = zero_buffers(arch, zero, w)
         return MemoryPlan(learner, notes=notes)
     if stage_type == "dpo":
         # chosen and rejected of each pair go through the model in one forward
@@ -305,6 +333,8 @@ def estimate_memory(
             learner["reference"] = params * w / (processes if zero >= 3 else 1)
         elif cfg.loss_type != "simpo":
             notes.append("reference log-probs are cached before training: no reference model in memory")
+        if zero:
+            learner["ZeRO buffers"] = zero_buffers(arch, zero, w)
         return MemoryPlan(learner, notes=notes)
     # rlvr: the learner processes (policy + reference + value, sharded alike); engines on their own GPUs
     seq = cfg.max_prompt_length + cfg.response_length
@@ -336,10 +366,12 @@ def estimate_memory(
             logits=False,
         )
         learner["value model"] = sum(v.values())
+    if zero:
+        learner["ZeRO buffers"] = zero_buffers(arch, zero, w)
     rc = cfg.rollout_config()
     tp = max(1, rc.tensor_parallel_size)
     per_engine_seqs = math.ceil(cfg.rollout_batch / max(1, rc.num_engines))
-    engine = {"weights": params * w / tp, "kv cache": kv_cache_bytes(arch, per_engine_seqs * seq, w) / tp}
+    engine = {"weights": params * w / tp, "kv cache": kv_cache_bytes(arch, per_engine_seqs * seq, w, tp)}
     notes.append(
         f"each of {rc.num_engines} vLLM engine(s) (tensor parallel {tp}) holds "
         f"{per_engine_seqs} sequences x {seq} tokens at full length"

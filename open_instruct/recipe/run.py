@@ -13,8 +13,8 @@ What it does, top to bottom (`run_recipe`):
 5. print the summary table and write `<output>/report.md`;
 6. push what the recipe and its stages ask to the Hugging Face Hub (push.py; a rerun retries a failed push).
 On several nodes the same command runs on every node (NODE_RANK set): node 0 does the evaluations,
-lineage and report; every node takes part in the multi-node stages; the other nodes wait for node 0
-on single-node stages (the run directory is on a shared filesystem).
+lineage and report; nodes 0..N-1 of a stage over N nodes take part in it, the job's other nodes wait
+for it to finish (the run directory is on a shared filesystem).
 """
 
 from __future__ import annotations
@@ -80,12 +80,12 @@ def run_plan(plan: Plan) -> list[StageResult]:
                 if main:
                     lin.write(sp.out, lin.finished_record(plan, sp, parent_digest, digest, lin.now(), None))
                 status, seconds = "skipped", None
-            elif not main and sp.nodes == 1:  # node 0 trains it; the next multi-node stage needs its model
+            elif not main and node_rank() >= sp.nodes:  # a stage on fewer nodes than the job: wait for it
                 wait_for(
                     lambda sp=sp: (lin.read(sp.out) or {}).get("status") == "finished",
                     f"stage {sp.name} on node 0",
                 )
-                digest, status, seconds = verify_model(sp.out), "trained on node 0", None
+                digest, status, seconds = verify_model(sp.out), "trained on other nodes", None
             else:
                 started = lin.now()
                 status = "resumed" if sp.status == "resume" else "trained"

@@ -102,11 +102,27 @@ class Learner:
         return self.forward_rows(lambda b: token_values(value, b), exp)
 
     def policy_weights(self) -> dict | None:
-        """The policy's full weights on process 0 (None elsewhere). Every process must call it."""
-        if not self.sharded:
-            return self.model().policy.state_dict()
-        full = self.engine.full_state_dict()
-        return _submodule(full, "policy") if self.is_main else None
+        """The policy's full weights on process 0 (None elsewhere). Every process must call it.
+
+        DDP and ZeRO-2 keep a full replica on every process: process 0 reads its own, no collective.
+        ZeRO-3 shards the parameters: they are gathered one at a time (every process takes part; only
+        process 0 keeps a CPU copy) and only the policy's -- not the value model's."""
+        policy = self.model().policy
+        if not self.engine.zero3:
+            return policy.state_dict() if self.is_main else None
+        import deepspeed
+
+        out = {}
+        for name, param in policy.named_parameters():
+            with deepspeed.zero.GatheredParameters([param]):
+                if self.is_main:
+                    out[name] = param.data.detach().to("cpu", copy=True)
+        if self.is_main:
+            persistent = set(policy.state_dict(keep_vars=True))  # buffers a state_dict would carry
+            for name, buf in policy.named_buffers():
+                if name in persistent:
+                    out[name] = buf.detach().to("cpu", copy=True)
+        return out if self.is_main else None
 
     def sync(self, group) -> float:
         """Sends the policy's weights to every engine (process 0). Every process must call it."""

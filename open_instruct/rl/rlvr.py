@@ -354,7 +354,16 @@ def run_rlvr(cfg: RLVRConfig) -> Path:
         ) as loop:
             if main:
                 group = RolloutGroup(cfg.rollout_config())
-                log.info("rlvr: %d vLLM engine(s) ready in %.1fs", len(group.engines), group.start_seconds)
+                where = ", ".join(
+                    f"pid {i['pid']} on {i['node']} (Ray node {i['ray_node_id'][:8]})"
+                    for i in group.engine_info
+                )
+                log.info(
+                    "rlvr: %d vLLM engine(s) ready in %.1fs: %s",
+                    len(group.engines),
+                    group.start_seconds,
+                    where,
+                )
             if loop.start:
                 learner.sync(group)  # the resumed weights differ from the checkpoint the engines loaded
             if main:

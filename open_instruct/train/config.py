@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 42
     # distribution
     deepspeed: str | None = None  # zero2 | zero3 | path/to/ds_config.json
+    dist_timeout_s: float = 1800.0  # seconds a collective waits for the other processes: a lost node fails the run, never hangs it
     # output, checkpoints, tracking
     output_dir: str = ""
     checkpointing_steps: int = 0  # 0: only the final model

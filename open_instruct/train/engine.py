@@ -127,32 +127,60 @@ def _deepspeed_config(
     return cfg
 
 
+def _single_process_group_env() -> None:
+    """The variables torch.distributed reads, for a process group of one started without a launcher
+    (a one-process DeepSpeed stage run in the recipe's own process)."""
+    import socket
+
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+
+
 def make_accelerator(
-    deepspeed: str | None, accumulation: int, micro_batch: int, max_grad_norm: float, bf16: bool
+    deepspeed: str | None,
+    accumulation: int,
+    micro_batch: int,
+    max_grad_norm: float,
+    bf16: bool,
+    timeout_s: float | None = None,
 ):
-    """An Accelerator that does the right thing on CPU (gloo) and GPU (NCCL), with or without DeepSpeed."""
+    """An Accelerator that does the right thing on CPU (gloo) and GPU (NCCL), with or without DeepSpeed.
+    `timeout_s` bounds every collective: when a process of the run dies (a node lost, a SIGKILL), the
+    others fail after it instead of waiting in a collective forever."""
+    from datetime import timedelta
+
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
     on_cpu = not torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    plugin = None
+    timeout = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+    handlers = [InitProcessGroupKwargs(**timeout)] if timeout else []
     if deepspeed:
         # accelerate 1.15 on a machine without GPUs: `cpu=True` silently drops DeepSpeed, and without
         # a gloo state made first every rank believes it is rank 0 of 1.
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # accelerate reads it when building its state
-        if on_cpu and distributed:
-            PartialState(backend="gloo")
+        if not distributed:
+            _single_process_group_env()  # DeepSpeed needs a process group, even of one
+        if on_cpu:
+            PartialState(backend="gloo", **timeout)
         plugin = DeepSpeedPlugin(
             hf_ds_config=_deepspeed_config(deepspeed, micro_batch, accumulation, max_grad_norm, bf16)
         )
-        return Accelerator(gradient_accumulation_steps=accumulation, deepspeed_plugin=plugin)
-    if on_cpu:
-        # Without cpu=True every CPU rank silently trains alone.
-        if distributed:
-            PartialState(backend="gloo", cpu=True)
+        return Accelerator(
+            gradient_accumulation_steps=accumulation, deepspeed_plugin=plugin, kwargs_handlers=handlers
+        )
+    if on_cpu and distributed:
+        PartialState(backend="gloo", cpu=True, **timeout)  # without cpu=True every CPU rank trains alone
     return Accelerator(
-        cpu=on_cpu, gradient_accumulation_steps=accumulation, mixed_precision="bf16" if bf16 else "no"
+        cpu=on_cpu,
+        gradient_accumulation_steps=accumulation,
+        mixed_precision="bf16" if bf16 else "no",
+        kwargs_handlers=handlers,
     )
 
 
@@ -170,7 +198,12 @@ class Engine:
             cfg.dtype in ("auto", "bfloat16") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         )
         self.accelerator = make_accelerator(
-            cfg.deepspeed, self.accumulation, cfg.per_device_train_batch_size, cfg.max_grad_norm, self.bf16
+            cfg.deepspeed,
+            self.accumulation,
+            cfg.per_device_train_batch_size,
+            cfg.max_grad_norm,
+            self.bf16,
+            cfg.dist_timeout_s,
         )
         from accelerate.utils import set_seed
 
