@@ -8,6 +8,7 @@ directory holding only pickle weights (`pytorch_model.bin`) is refused unless th
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,10 +89,38 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
     config = getattr(model, "config", None)
+    # some models read the config's rate at forward time (Falcon, GPT-Neo), so it is zeroed too; the
+    # user's values are kept and put back for every save (`configured_dropout`): a published model
+    # carries the config it was given, only training ran without dropout
+    saved = dict(getattr(model, _DROPOUT_SAVED, None) or {})
     for key in list(vars(config)) if config is not None else []:
-        if "dropout" in key and isinstance(getattr(config, key), float):
+        value = getattr(config, key)
+        if "dropout" in key and isinstance(value, float) and value != 0.0:
+            saved[key] = value
             setattr(config, key, 0.0)
+    if saved:
+        model.__dict__[_DROPOUT_SAVED] = saved  # a plain attribute: not a parameter, not in the config
     return model
+
+
+_DROPOUT_SAVED = "_config_dropout_before_disable"
+
+
+@contextmanager
+def configured_dropout(model: torch.nn.Module):
+    """The config's dropout values as they were before `disable_dropout`, for the duration of a save."""
+    saved = getattr(model, _DROPOUT_SAVED, None) or {}
+    config = getattr(model, "config", None)
+    if not saved or config is None:
+        yield
+        return
+    for key, value in saved.items():
+        setattr(config, key, value)
+    try:
+        yield
+    finally:
+        for key in saved:
+            setattr(config, key, 0.0)
 
 
 class Policy:
@@ -197,7 +226,8 @@ class Policy:
                 dtype = None if quantized else _float_dtype(self.model)
                 lora_mod.write_merged(out_dir, out_dir / lora_mod.MERGED, dtype=dtype)
             return
-        self.model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+        with configured_dropout(self.model):
+            self.model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
 
 

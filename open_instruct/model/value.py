@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model.policy import check_safe_weights, resolve_dtype, token_logprobs
+from ..model.policy import check_safe_weights, configured_dropout, resolve_dtype, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -111,5 +111,6 @@ class ActorCritic(nn.Module):
 
 def save_value_model(model: nn.Module, tokenizer, out_dir: Path, state_dict: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+    with configured_dropout(model):
+        model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

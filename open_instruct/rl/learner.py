@@ -38,6 +38,8 @@ class Learner:
         disable_dropout(self.policy.model)
         # the reference is taken before the engine wraps (and under ZeRO-3 shards) the policy
         self.ref = stage.load_reference(cfg, tokenizer, self.engine, self.policy) if cfg.beta > 0 else None
+        if self.ref is not None:  # under ZeRO-3 it is loaded on its own, not copied from the policy above
+            disable_dropout(self.ref)
         value = None
         if cfg.algorithm == "ppo":
             value = load_value_model(
