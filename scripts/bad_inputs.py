@@ -198,6 +198,8 @@ def build_fixtures(f: Path) -> None:
     _write(
         f / "recipe_base_nowhere.yaml", json.dumps({**recipe, "base_model": str(f / "nowhere" / "x" / "y")})
     )
+    _write(f / "recipe_base_file.yaml", json.dumps({**recipe, "base_model": str(f / "afile")}))
+    _write(f / "recipe_base_hub.yaml", json.dumps({**recipe, "base_model": "census-org/census-model"}))
 
 
 def stage(cmd: str, *sets: str) -> list[str]:
@@ -232,6 +234,12 @@ def cases(hub_port: int) -> list[Case]:
         Case("run: --set wrong type", ["run", "{F}/recipe.yaml", "--set", "sft.learning_rate=fast"]),
         Case("run: base_model dir without config.json", ["run", "{F}/recipe_base_noconfig.yaml"]),
         Case("run: base_model path that does not exist", ["run", "{F}/recipe_base_nowhere.yaml"]),
+        Case("run: base_model is a file", ["run", "{F}/recipe_base_file.yaml"]),
+        Case(
+            "run: base_model hub id with no network",
+            ["run", "{F}/recipe_base_hub.yaml", "--output", "{OUT}"],
+            env=no_net,
+        ),
         Case("run: --output is a file", ["run", "{F}/recipe.yaml", "--output", "{F}/afile"]),
         Case(
             "run: eval max_tokens past the model's context",
@@ -296,6 +304,7 @@ def cases(hub_port: int) -> list[Case]:
         Case("rlvr: more prompts per step than rows", stage("rlvr", "num_unique_prompts_rollout=64")),
         Case("rlvr: unknown algorithm", stage("rlvr", "algorithm=dpo")),
         Case("rlvr: reward module file missing", stage("rlvr", "reward_modules=[{F}/nope.py:fn]")),
+        Case("rlvr: prompt + response past the model's context", stage("rlvr", "max_prompt_length=1024")),
         # ---- eval
         Case("eval: --limit -1", eval_args("--limit", "-1")),
         Case("eval: --limit 0", eval_args("--limit", "0")),

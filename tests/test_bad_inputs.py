@@ -376,6 +376,16 @@ def test_heldout_eval_caps_the_prompt_budget_to_the_context(tiny_model_dir, file
     assert "eval model: prompts capped at 504 tokens (512-token context)" in caplog.text
 
 
+def test_rlvr_prompt_and_response_past_the_context_is_one_line(files, capsys):
+    """RLVR's engines hold max_prompt_length + response_length; past the model's positions vLLM refused
+    the engine with a validation traceback after Ray and the engines had started (~2 min here)."""
+    code, line = cli(stage("rlvr", files, "max_prompt_length=1024"), capsys)
+    assert code == 2
+    assert re_match(
+        r"error: rlvr max_prompt_length: 1024 \+ response_length 8 exceed the 512 positions of ", line
+    )
+
+
 # ---------------------------------------------------------------- a real Ctrl-C
 
 

@@ -228,6 +228,23 @@ def evaluate_model(model: str, spec: EvalSpec) -> EvalResult:
         runner.close()
 
 
+def model_context(model: str, model_field: str) -> int | None:
+    """The model's positions (`max_position_embeddings`; None when its config has none): what a vLLM
+    engine's `max_model_len` may not exceed. A model that is not there is a one-line error naming
+    `model_field`."""
+    from transformers import AutoConfig
+
+    from ..model.lora import config_dir
+    from ..model.source import check_model_source
+
+    check_model_source(model, model_field)  # a missing dir, a file, no config.json, no network: one line
+    try:
+        config = AutoConfig.from_pretrained(config_dir(model))  # a LoRA adapter dir: its base's config
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{model_field}: cannot read {model}: {' '.join(str(e).split())[:200]}") from e
+    return getattr(config, "max_position_embeddings", None)
+
+
 def fit_context(
     model: str,
     max_prompt_length: int,
@@ -238,18 +255,7 @@ def fit_context(
     """The prompt budget that fits the model's context next to `max_tokens` of response (prompts
     longer than it are dropped and counted by tokenisation); a one-line error naming `model_field` /
     `tokens_field` when nothing fits or the model is not there."""
-    from transformers import AutoConfig
-
-    from ..model.source import check_model_source
-
-    check_model_source(model, model_field)  # a missing dir, a file, no config.json, no network: one line
-    from ..model.lora import config_dir
-
-    try:
-        config = AutoConfig.from_pretrained(config_dir(model))  # a LoRA adapter dir: its base's config
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{model_field}: cannot read {model}: {' '.join(str(e).split())[:200]}") from e
-    context = getattr(config, "max_position_embeddings", None)
+    context = model_context(model, model_field)
     if not context or max_prompt_length + max_tokens <= context:
         return max_prompt_length
     if max_tokens >= context:

@@ -113,9 +113,10 @@ def collate(cfg: TrainConfig, tokenizer, examples: list[dict]) -> dict:
 
 def check_sources(cfg) -> None:
     """Every model and tokenizer the stage will load is there (a local dir with config.json, or a hub id
-    the hub or the offline cache has): one line naming the key. Each stage runner calls it right after
-    `already_done` (a finished stage needs no model, nor the network), before anything heavy. Not part
-    of `validate`: in a recipe a stage's model is the previous stage's output, made later."""
+    the hub or the offline cache has), and RLVR's prompt + response fit its positions: one line naming
+    the key. Each stage runner calls it right after `already_done` (a finished stage needs no model,
+    nor the network), before anything heavy. Not part of `validate`: in a recipe a stage's model is the
+    previous stage's output, made later."""
     from ..model.source import check_model_source
 
     name = type(cfg).__name__.removesuffix("Config").lower()
@@ -125,6 +126,15 @@ def check_sources(cfg) -> None:
     for key in ("ref_model_name_or_path", "value_model_name_or_path"):
         if getattr(cfg, key, None):
             check_model_source(getattr(cfg, key), f"{name} {key}")
+    if hasattr(cfg, "response_length"):  # RLVR: its vLLM engines refuse more than the model's positions
+        from ..generation.evaluate import model_context
+
+        context = model_context(cfg.model_name_or_path, f"{name} model_name_or_path")
+        if context and cfg.max_prompt_length + cfg.response_length > context:
+            raise ConfigError(
+                f"{name} max_prompt_length: {cfg.max_prompt_length} + response_length {cfg.response_length} "
+                f"exceed the {context} positions of {cfg.model_name_or_path}; lower one of them"
+            )
 
 
 def already_done(cfg) -> bool:
