@@ -19,54 +19,64 @@ class RLVRConfig(TrainConfig):
     REFERENCE.md section 1 unless noted. Inherited: model, optimizer, checkpoint and tracking fields.
     `per_device_train_batch_size` is the number of sequences per learner micro-batch."""
 
-    algorithm: Literal["ppo", "grpo"] = "ppo"
-    learning_rate: float = 3e-7
-    warmup_ratio: float = 0.0
-    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
-    seed: int = 3
+    algorithm: Literal["ppo", "grpo"] = (
+        "ppo"  # ppo: value model + GAE (Tülu 3); grpo: group-normalised advantages (Tülu 3.1)
+    )
+    learning_rate: float = 3e-7  # Tülu 3 8B RLVR
+    warmup_ratio: float = 0.0  # fraction of optimizer steps with a linear warmup
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup
+    seed: int = 3  # prompt order, sampling seeds, initialisation (Tülu 3 8B RLVR: 3)
     # prompts and generation
-    max_prompt_length: int = 2048
-    response_length: int = 2048
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_prompt_length: int = 2048  # prompts longer than this (tokens) are dropped and counted
+    response_length: int = 2048  # max generated tokens per response
+    temperature: float = 1.0  # sampling temperature; the learner scores logits / temperature too
+    top_p: float = 1.0  # nucleus sampling
     num_unique_prompts_rollout: int = 64  # prompts per RL step
     num_samples_per_prompt_rollout: int = 1  # GRPO: the group size (Tülu 3.1: 16)
     total_episodes: int | None = None  # episodes = prompts x samples; steps = total / per step
-    stop_strings: list[str] = field(default_factory=list)
+    stop_strings: list[str] = field(
+        default_factory=list
+    )  # extra strings that end a response (EOS always does)
     # optimisation
     num_epochs: int = 4  # PPO epochs over each batch
-    num_mini_batches: int = 1
-    cliprange: float = 0.2
+    num_mini_batches: int = 1  # optimizer steps per epoch over each rollout batch
+    cliprange: float = 0.2  # PPO/GRPO ratio clip
     beta: float = 0.05  # KL coefficient
     kl_estimator: Literal["k1", "k2", "k3"] | None = (
         None  # default: k1 (ppo, in the reward), k3 (grpo, in the loss)
     )
     # PPO
     value_model_name_or_path: str | None = None  # default: start from the policy with a zero head
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_advantages: bool = True
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    cliprange_value: float = 0.2  # value-loss clip
+    vf_coef: float = 0.1  # value-loss weight
+    whiten_advantages: bool = True  # PPO: normalise advantages over the batch
     # GRPO
-    grpo_normalize_std: bool = True
+    grpo_normalize_std: bool = True  # GRPO: divide by the group std (Dr. GRPO: false)
     # rewards
-    verification_reward: float = 10.0
-    non_stop_penalty: bool = True
-    penalty_reward_value: float = -10.0
+    verification_reward: float = 10.0  # reward = verifier score x this (Tülu 3: 10)
+    non_stop_penalty: bool = True  # a response cut by the length limit gets penalty_reward_value instead
+    penalty_reward_value: float = -10.0  # the non-EOS penalty (Tülu 3: -10)
     reward_modules: list[str] = field(default_factory=list)  # user rewards: "my_rewards.py:fn"
-    reward_timeout_s: float = 10.0
-    reward_workers: int = 1
+    reward_timeout_s: float = 10.0  # per-sample verifier time limit; past it the sample scores 0 (counted)
+    reward_workers: int = 1  # processes running the verifiers that could hang (math, code, user rewards)
     # engines (RolloutConfig fields, model filled in from model_name_or_path)
-    rollout: dict = field(default_factory=dict)
+    rollout: dict = field(
+        default_factory=dict
+    )  # vLLM engine options: num_engines, device, tensor_parallel_size, resources, ... (docs/rollouts.md)
     async_mode: bool = False  # one-step off-policy: generate batch t+1 while training on t
-    preflight_max_kl: float = 0.01
-    preflight_prompts: int = 8
+    preflight_max_kl: float = (
+        0.01  # refuse to start when vLLM and the learner disagree by more (mean per-token KL)
+    )
+    preflight_prompts: int = 8  # prompts sampled for that check
     # held-out evaluation
-    eval_dataset_mix: str | None = None
+    eval_dataset_mix: str | None = (
+        None  # held-out RLVR prompts: mean verifiable reward before/after -> eval.json
+    )
     eval_every: int = 0  # RL steps; 0: only before and after training
-    eval_limit: int | None = None
-    eval_temperature: float = 0.0
+    eval_limit: int | None = None  # first N held-out prompts only
+    eval_temperature: float = 0.0  # 0: greedy held-out answers
 
     def validate(self, where: str) -> None:
         self.dataset_mix = self.dataset_mix or ""

@@ -19,15 +19,19 @@ class TrainConfig:
     """Fields every trained stage (SFT, DPO) shares. Names follow open-instruct/HF where they exist."""
 
     # model
-    model_name_or_path: str = ""
-    tokenizer_name_or_path: str | None = None
+    model_name_or_path: str = ""  # the starting model: a local HF model dir or a hub id (org/name)
+    tokenizer_name_or_path: str | None = None  # null: the model's own tokenizer
     chat_template: str | None = (
         "auto"  # auto: the tokenizer's own, else tulu | tulu | olmo | null: the tokenizer's own (required)
     )
     add_bos: bool = False  # OLMo 2: BOS in front of the tulu/olmo template
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    gradient_checkpointing: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
+        "auto"  # auto: bf16 on GPUs that support it, else fp32
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = (
+        "sdpa"  # transformers attention kernel
+    )
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     use_lora: bool = False  # train a LoRA adapter (PEFT), not all weights; the stage publishes the adapter
     lora_rank: int = 16  # LoRA rank r
     lora_alpha: int = 32  # LoRA alpha: the adapter's update is scaled by alpha / rank
@@ -35,40 +39,42 @@ class TrainConfig:
     lora_target_modules: str | list[str] = "all-linear"  # all-linear (not lm_head) or names [q_proj, v_proj]
     lora_save_merged: bool = False  # also publish merged full weights in <output_dir>/merged/
     load_in_4bit: bool = False  # QLoRA: a 4-bit NF4 base (bitsandbytes, CUDA only; needs use_lora)
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    trust_remote_code: bool = False  # run a hub model's own Python code (off: refused)
+    allow_pickle: bool = False  # load pickle (.bin) weights from a local dir (off: safetensors only)
     # data
     dataset_mix: str = ""  # a data-mix YAML or a single .jsonl/.json/.parquet file
-    max_seq_length: int = 2048
-    packing: bool = False
-    preprocessing_num_workers: int = 1
+    max_seq_length: int = (
+        2048  # tokens per example; longer ones are truncated (rows left without a trained token are dropped)
+    )
+    packing: bool = False  # pack several examples per row (no padding; a block-diagonal attention mask)
+    preprocessing_num_workers: int = 1  # processes for tokenisation (cached on disk by content)
     # optimisation
-    per_device_train_batch_size: int = 1
+    per_device_train_batch_size: int = 1  # examples per micro-batch per process
     gradient_accumulation_steps: int | None = None  # derived from total_batch_size when null
     total_batch_size: int | None = None  # effective batch = per_device * accumulation * processes
-    learning_rate: float = 2e-5
-    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    learning_rate: float = 2e-5  # peak learning rate (AdamW)
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup
+    warmup_ratio: float = 0.03  # fraction of optimizer steps with a linear warmup
+    weight_decay: float = 0.0  # AdamW weight decay (not on norms and biases)
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    adam_epsilon: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # <= 0 disables clipping
-    num_train_epochs: float = 1.0
+    num_train_epochs: float = 1.0  # passes over the data (fractions allowed); max_train_steps wins when set
     max_train_steps: int | None = (
         None  # when set, the run is exactly this many steps (epochs extend or stop early)
     )
-    seed: int = 42
+    seed: int = 42  # data order and initialisation
     # distribution
     deepspeed: str | None = None  # zero2 | zero3 | path/to/ds_config.json
     dist_timeout_s: float = 1800.0  # seconds a collective waits for the other processes: a lost node fails the run, never hangs it
     # output, checkpoints, tracking
-    output_dir: str = ""
+    output_dir: str = ""  # where the model, checkpoints, metrics.jsonl and plots go
     checkpointing_steps: int = 0  # 0: only the final model
-    keep_last_checkpoints: int = 2
-    logging_steps: int = 1
-    wandb_project: str | None = None
-    wandb_run_name: str | None = None
+    keep_last_checkpoints: int = 2  # older checkpoints are deleted (0: keep all)
+    logging_steps: int = 1  # a metrics.jsonl row every N steps
+    wandb_project: str | None = None  # log to wandb (online when logged in, else offline); also WANDB_PROJECT
+    wandb_run_name: str | None = None  # the wandb run's display name
     # sharing (TRL's names): after the model is published and verified; `open-instruct push` retries
     push_to_hub: bool = False  # upload the published model (and a model card) to the Hugging Face Hub
     hub_model_id: str | None = None  # hub repo org/name, or name (your namespace); null: output_dir's name
@@ -175,7 +181,9 @@ class TrainConfig:
 @dataclass
 class SFTConfig(TrainConfig):
     # Tülu 3 summed the per-token loss: every token weighs the same, whatever its sequence length.
-    loss_reduction: Literal["sum", "mean"] = "sum"
+    loss_reduction: Literal["sum", "mean"] = (
+        "sum"  # sum: every token weighs the same (Tülu 3); mean: per micro-batch
+    )
     learning_rate: float = 5e-6
 
 
@@ -215,7 +223,9 @@ class DPOConfig(TrainConfig):
     eval_dataset_mix: str | None = None  # held-out preference pairs -> eval.json (accuracy before/after)
     # --- on-policy pairs: the starting model's own right vs wrong answers to verifiable prompts
     # (data/policy_pairs.py); replaces dataset_mix / eval_dataset_mix when its prompts are set
-    policy_pairs: PolicyPairsConfig = field(default_factory=PolicyPairsConfig)
+    policy_pairs: PolicyPairsConfig = field(
+        default_factory=PolicyPairsConfig
+    )  # on-policy pairs: prompts, eval_prompts, samples, ... (docs/dpo.md)
     # --- optimisation (overrides of TrainConfig defaults)
     learning_rate: float = 5e-7  # Tülu 3 8B model card (70B/405B: 2e-7)
     lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"  # model card
