@@ -40,6 +40,28 @@ def _last_step(out: Path) -> int | None:
     return max((r.get("step", 0) for r in rows), default=None) if rows else None
 
 
+def _weights(model: str | Path) -> tuple[str | None, dict] | None:
+    """(checksum algorithm, {file: checksum}) of a local model's weights (its top-level *.safetensors):
+    a published model's from its manifest (verified when the stage finished), another dir's computed.
+    None for a hub id or a dir without safetensors. Weights, not the model digest, decide "no change":
+    a stage also rewrites the tokenizer and config files, and a base dir's digest covers other files."""
+    from ..train.checkpoint import MODEL_MANIFEST, file_checksum
+
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    manifest = read_json(path / MODEL_MANIFEST)
+    if manifest:
+        algo = manifest.get("algorithm")
+        files = {n: i["checksum"] for n, i in manifest.get("files", {}).items() if "/" not in n}
+    else:
+        algo, files = None, {}
+        for p in sorted(path.glob("*.safetensors")):
+            files[p.name], algo = file_checksum(p)
+    files = {n: c for n, c in files.items() if n.endswith(".safetensors")}
+    return (algo, files) if files else None
+
+
 def run_plan(plan: Plan) -> list[StageResult]:
     from ..generation.heldout import EvalSession, heldout_eval
     from ..train.checkpoint import model_digest, verify_model
@@ -65,7 +87,7 @@ def run_plan(plan: Plan) -> list[StageResult]:
             StageResult("base", "-", status, None, None, base_digest, base_eval, None, Path(plan.base))
         )
 
-        parent_digest = base_digest
+        parent_digest, parent = base_digest, Path(plan.base)
         for sp in plan.stages:
             if sp.status == "done":
                 rec = lin.read(sp.out) or {}
@@ -108,10 +130,11 @@ def run_plan(plan: Plan) -> list[StageResult]:
                     )
                 if main:
                     lin.write(sp.out, lin.finished_record(plan, sp, parent_digest, digest, started, seconds))
-                if digest == parent_digest:
+                weights = _weights(sp.out)
+                if digest == parent_digest or (weights is not None and weights == _weights(parent)):
                     status = "no change"
                     say(
-                        f"stage {sp.name}: WARNING its model is identical to its parent's (digest {digest}): it learned nothing"
+                        f"stage {sp.name}: WARNING its weights are identical to its parent's ({parent}): it learned nothing"
                     )
                 say(f"stage {sp.name}: done in {seconds:.0f}s (model digest {digest})")
             heldout = None
@@ -124,7 +147,7 @@ def run_plan(plan: Plan) -> list[StageResult]:
                     sp.name, sp.type, status, seconds, _last_step(sp.out), digest, heldout, stage_eval, sp.out
                 )
             )
-            parent_digest = digest
+            parent_digest, parent = digest, sp.out
     finally:
         if session is not None:
             session.close()
