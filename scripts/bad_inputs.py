@@ -68,6 +68,7 @@ def build_fixtures(f: Path) -> None:
     from open_instruct.model.tiny import build_tiny
 
     build_tiny(f / "model")
+    shutil.copytree(f / "model", f / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
     (f / "no_config").mkdir()
     _write(f / "no_config" / "README.md", "not a model\n")
     _write(f / "afile", "I am a file\n")
@@ -256,6 +257,7 @@ def cases(hub_port: int) -> list[Case]:
         Case("sft: model dir without config.json", stage("sft", "model_name_or_path={F}/no_config")),
         Case("sft: model path that does not exist", stage("sft", "model_name_or_path={F}/nowhere/x/y")),
         Case("sft: model path is a file", stage("sft", "model_name_or_path={F}/afile")),
+        Case("sft: model dir without weights", stage("sft", "model_name_or_path={F}/no_weights")),
         Case(
             "sft: hub id with no network",
             stage("sft", "model_name_or_path=census-org/census-model"),
@@ -420,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the CLI")
     ap.add_argument("--pythonpath", help="put this tree first on PYTHONPATH (another commit's worktree)")
-    ap.add_argument("--only", help="only the cases whose name contains this")
+    ap.add_argument(
+        "--only", action="append", default=[], help="only the cases whose name contains this (repeatable)"
+    )
     ap.add_argument(
         "--timeout", type=float, default=240.0, help="seconds per case before it counts as a hang"
     )
@@ -432,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fixtures = work / "fixtures"
         build_fixtures(fixtures)
-        todo = [c for c in cases(_closed_port()) if not args.only or args.only in c.name]
+        todo = [c for c in cases(_closed_port()) if not args.only or any(o in c.name for o in args.only)]
         width = max(len(c.name) for c in todo)
         print(f"{len(todo)} cases, CLI: {args.pythonpath or 'this checkout'}\n", flush=True)
         print(f"{'case':<{width}}  {'outcome':<9}  {'exit':>4}  {'s':>5}  last stderr line", flush=True)

@@ -117,6 +117,18 @@ def test_a_model_dir_without_a_tokenizer_is_one_line(files, tiny_model_dir, tmp_
     assert "no tokenizer" in line
 
 
+def test_a_model_dir_without_weights_is_one_line(files, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(tiny_model_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    code, line = cli(stage("dpo", files, f"model_name_or_path={no_weights}"), capsys)
+    assert code == 2 and line == (
+        f"error: dpo model_name_or_path: cannot read {no_weights}: a config but no weights in it "
+        f"(*.safetensors); an unfinished save or copy?"
+    )
+
+
 @pytest.mark.parametrize(
     "bad, expected",
     [

@@ -20,6 +20,8 @@ from ..errors import ConfigError
 # relative dir: the messages below name both readings)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 MODEL_FILES = ("config.json", "adapter_config.json")  # a full checkpoint, or a LoRA stage's adapter
+# pickles count as weights here: loading refuses them with its own message (policy.check_safe_weights)
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt")
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
 
 
@@ -44,6 +46,11 @@ def check_model_source(value: str, field: str, kind: str = "model") -> None:
         if not any((p / name).is_file() for name in wanted):
             what = "not a Hugging Face model dir" if kind == "model" else "no tokenizer saved there"
             raise ConfigError(f"{field}: cannot read {value}: no {' or '.join(wanted)} in it ({what})")
+        if kind == "model" and not any(next(p.glob(pattern), None) for pattern in WEIGHT_FILES):
+            raise ConfigError(
+                f"{field}: cannot read {value}: a config but no weights in it (*.safetensors); "
+                f"an unfinished save or copy?"
+            )
         return
     if not looks_like_hub_id(value):
         raise ConfigError(f"{field}: {value} is neither a local {kind} dir nor a hub id (org/name)")
