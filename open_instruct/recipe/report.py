@@ -98,6 +98,16 @@ def format_summary(plan: Plan, results: list[StageResult], total: float) -> str:
     return "\n".join(out)
 
 
+def _steps_without_signal(out: Path) -> tuple[int, int] | None:
+    """(steps without a learning signal, steps) of an RL stage from its metrics.jsonl (last row per
+    step: a resumed run may repeat one), None when it had none or is no RL stage."""
+    from ..track import read_metrics
+
+    by_step = {r["step"]: r["no_signal"] for r in read_metrics(out / "metrics.jsonl") if "no_signal" in r}
+    dead = sum(1 for v in by_step.values() if v)
+    return (dead, len(by_step)) if dead else None
+
+
 def write_report(plan: Plan, results: list[StageResult], total: float) -> Path:
     git = lin.git_info()
     L = [
@@ -143,6 +153,12 @@ def write_report(plan: Plan, results: list[StageResult], total: float) -> Path:
             )
         if r.stage_eval:
             L.append(f"- stage eval: {stage_metric(r) or json.dumps(r.stage_eval)[:300]}")
+        dead = _steps_without_signal(r.out)
+        if dead:
+            L.append(
+                f"- **{dead[0]} of {dead[1]} RL steps had no learning signal** (`metrics.jsonl`: no_signal, "
+                "zero_advantage, tied_group_fraction)"
+            )
         L.append("")
         for png in sorted(r.out.glob("*.png")):
             rel = os.path.relpath(png, plan.output)

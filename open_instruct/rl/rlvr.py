@@ -423,8 +423,8 @@ def run_rlvr(cfg: RLVRConfig) -> Path:
         ran = plan.num_steps - loop.start
         if main and ran and no_signal_steps == ran:
             log.warning(
-                "rlvr: none of the %d steps had a learning signal: the policy did not change. Check the rewards "
-                "(metrics.jsonl: reward_mean, tied_group_fraction) and the verifier names",
+                "rlvr: none of the %d steps had a learning signal: nothing was learned from the rewards. "
+                "Check them (metrics.jsonl: reward_mean, tied_group_fraction) and the verifier names",
                 ran,
             )
         if main:

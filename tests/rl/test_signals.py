@@ -179,3 +179,6 @@ def test_summary_and_report_say_no_change_for_the_stage_that_learned_nothing(run
     }
     assert table["flat"] == "no change" and table["learn"] == "trained", report
     assert "status no change" in report
+    flat = report[report.index("## flat (rlvr)") : report.index("## learn (rlvr)")]
+    assert "**2 of 2 RL steps had no learning signal**" in flat
+    assert report.count("had no learning signal") == 1  # not for `learn`
