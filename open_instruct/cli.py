@@ -18,7 +18,6 @@ User errors print one line, `error: ...`, and exit 2; Ctrl-C prints where the ru
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -227,23 +226,34 @@ def _recipes_command(args) -> int:
     return 0
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+def _setup_logging(verbose: bool, quiet: bool, command: str = "open-instruct") -> None:
+    """Our own INFO lines on the console; other libraries' (Ray, vLLM, DeepSpeed, transformers) in
+    <output>/logs/<command>.log once the command knows its output (open_instruct/logs.py); -v: all here."""
+    from .logs import setup
+
     if verbose:
         os.environ["OPEN_INSTRUCT_VERBOSE"] = "1"  # child processes (engines, launched stages) follow
     if quiet:
         os.environ.setdefault("OPEN_INSTRUCT_NO_PROGRESS", "1")
+    setup(verbose, quiet, command)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False), args.command)
+    if args.command == "eval" and args.output:  # its engines' logs beside the results file
+        from pathlib import Path
+
+        from .logs import use_log_dir
+
+        try:
+            use_log_dir(Path(args.output).resolve().parent / "logs")
+        except OSError:  # an --output under a file: eval's own check says so in one line
+            pass
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .errors import Interrupted, UserError
+    from .logs import teardown
 
     try:
         code = args.func(args)
@@ -266,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise
+    finally:
+        teardown()  # an in-process caller (tests) gets its logging and environment back
     return int(code or 0)
 
 

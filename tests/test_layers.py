@@ -24,6 +24,7 @@ LAYERS = {
     "io": 0,
     "shipped": 0,
     "versions": 0,
+    "logs": 0,
     "__init__": 0,
     "data": 1,
     "model": 2,

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..logs import adopt
 from .config import RolloutConfig
 
 
@@ -65,11 +66,16 @@ def connect_ray(cfg: RolloutConfig) -> str:
 
     if ray.is_initialized():
         return "existing"
+    # engines writing into log files: Ray's own start-up lines go to our log file too, and it streams
+    # no worker output to this console (it would be only Ray's, the engines' output is in their files)
+    quiet = {"log_to_driver": cfg.log_dir is None}
+    if cfg.log_dir is not None:
+        adopt("ray")
     address = cluster_address(cfg)
     if address:
         explicit = bool(cfg.ray_address or os.environ.get("RAY_ADDRESS"))
         try:
-            ray.init(address=address)
+            ray.init(address=address, **quiet)
             return address
         except ConnectionError:
             if explicit:
@@ -80,7 +86,7 @@ def connect_ray(cfg: RolloutConfig) -> str:
     if rest is not None:  # Ray reads the variable when it starts: it sees (and hands out) only these
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(rest)
     try:
-        ray.init(address="local", num_cpus=cfg.ray_num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=cfg.ray_num_cpus, include_dashboard=False, **quiet)
     finally:
         if rest is not None:  # this process already initialised CUDA; restore for its children
             if saved is None:

@@ -62,6 +62,11 @@ class RolloutConfig:
     learner_gpus: int = 0
     worker_extension_cls: str = "open_instruct.generation.worker_ext.WeightSyncExtension"
     engine_kwargs: dict = field(default_factory=dict)  # passed through to vllm.LLM
+    # engine i's stdout/stderr (vLLM's and Ray's start-up logs) go to <log_dir>/<log_name>-<i>.log, on
+    # the node it runs on (a shared filesystem in a cluster). None: the command's logs/ dir (RolloutGroup
+    # fills it in); with -v, or without the CLI, Ray streams them to the console.
+    log_dir: str | None = None
+    log_name: str = "engine"
 
     def validate(self, where: str = "rollout") -> None:
         if not self.model:
@@ -112,6 +117,8 @@ def rollout_config(
         "seed": seed,
         "max_model_len": max_model_len,
         "dtype": engine_dtype(learner_dtype, options.get("device", "cpu")),
+        # engine logs named after the caller: eval-engine-0.log, policy_pairs-engine-0.log
+        "log_name": f"{where.split('.')[0]}-engine" if "." in where else "engine",
         **derived,
         **options,
         "model": model,

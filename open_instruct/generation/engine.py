@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import RolloutConfig
@@ -58,9 +59,16 @@ def _token_logprobs(logprobs: Any, token_ids: Sequence[int]) -> list[float]:
 
 
 class RolloutEngine:
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, index: int = 0):
         t0 = time.perf_counter()
         self.cfg = RolloutConfig(**cfg)
+        if self.cfg.log_dir:  # before vLLM is imported: its start-up logs, and its processes', go there
+            from ..logs import redirect_output
+
+            redirect_output(
+                Path(self.cfg.log_dir) / f"{self.cfg.log_name}-{index}.log",
+                f"engine {index} on {socket.gethostname()}: {self.cfg.model}",
+            )
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(

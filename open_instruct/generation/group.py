@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..logs import engine_log_dir
 from .cluster import connect_ray, package_root
 from .config import RolloutConfig, check_sampling
 from .engine import Completion, Generation, RolloutEngine
@@ -65,6 +66,8 @@ class RolloutGroup:
         cfg.validate("rollout")
         # vLLM loads full weights: a LoRA stage's dir serves its merged/ (written on first need)
         cfg = dataclasses.replace(cfg, model=full_weights_dir(cfg.model))
+        if cfg.log_dir is None:  # the command's logs/ dir (None with -v: Ray's console)
+            cfg = dataclasses.replace(cfg, log_dir=engine_log_dir())
         self.cfg = cfg
         self.ray_mode = connect_ray(cfg)
         self._actor_cls = ray.remote(RolloutEngine)
@@ -103,7 +106,7 @@ class RolloutGroup:
         return opts
 
     def _start_engine(self, index: int):
-        return self._actor_cls.options(**self._actor_options()).remote(dataclasses.asdict(self.cfg))
+        return self._actor_cls.options(**self._actor_options()).remote(dataclasses.asdict(self.cfg), index)
 
     def _restart_engine(self, index: int) -> None:
         """Replaces engine `index` with a fresh actor from the same model path and lets the transport

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..config import to_dict
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_yaml
+from ..logs import LOG_NAME_ENV
 from .schema import Plan, StagePlan
 from .stages import STAGE_TYPES
 
@@ -82,9 +83,21 @@ def run_stage(sp: StagePlan, master_port: int) -> None:
         wait_for(lambda: cfg_path.is_file(), f"{cfg_path} from node 0")
     cmd = torchrun_command(sp, cfg_path, master_port)
     say(f"{sp.name}: launching {' '.join(cmd)}")
-    res = subprocess.run(cmd)
+    res = subprocess.run(cmd, env=launch_env(sp))
     if res.returncode != 0:
         raise RuntimeError(f"stage {sp.name}: launched processes exited with status {res.returncode}")
+
+
+def launch_env(sp: StagePlan) -> dict[str, str]:
+    """The launched processes' environment: they log into <run>/logs/stage-<name>.log (rank 0 keeps
+    this console for its progress bar and our own lines; other ranks show only warnings and errors,
+    open_instruct/logs.py). OMP_NUM_THREADS=1 is torchrun's own default for several processes per
+    node; set here, torchrun does not print its banner about it before every stage."""
+    env = dict(os.environ)
+    env[LOG_NAME_ENV] = f"stage-{sp.name}"
+    if sp.num_processes // sp.nodes > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 def wait_for(ready, what: str, poll_s: float = 5.0, timeout_s: float | None = None) -> None:

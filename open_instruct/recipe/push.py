@@ -98,6 +98,7 @@ def stage_command(args) -> int:
     import importlib
 
     from ..config import load_config
+    from ..logs import use_log_dir
     from ..train.config import short_form
     from .stages import STAGE_TYPES
 
@@ -107,6 +108,7 @@ def stage_command(args) -> int:
         cfg = load_config(
             st.config_cls(), args.config, args.overrides or [], on_top=short_form(args), where=args.command
         )
+        use_log_dir(Path(cfg.output_dir) / "logs")  # other libraries' logs (a recipe's run dir wins)
         if cfg.push_to_hub and not _has_token():
             log.warning(
                 "push_to_hub: no Hugging Face token here (`hf auth login` or HF_TOKEN); the push after "

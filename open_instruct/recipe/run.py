@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from ..io import atomic_write_yaml, read_json
+from ..logs import use_log_dir, verbose
 from . import lineage as lin
 from .dry_run import format_plan
 from .launch import build_base, node_rank, run_stage, say, wait_for
@@ -177,6 +178,9 @@ def run_recipe(
     with tempfile.TemporaryDirectory(prefix="oi-validate-") as scratch:
         load_plan(recipe, overrides, output, scratch=Path(scratch))  # everything checked, nothing written
     plan = load_plan(recipe, overrides, output)  # the same, with inline mixes written into <output>/mixes
+    logs = use_log_dir(plan.output / "logs", "run" if node_rank() == 0 else f"run-node{node_rank()}")
+    if logs is not None and not verbose():
+        say(f"logs of vLLM, Ray, DeepSpeed and the stages: {logs} (-v shows them here)")
     try:
         return run_plan(plan)
     finally:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write_json
+from ..logs import prints_to_log
 from . import checkpoint as ckpt
 from .config import TrainConfig
 
@@ -166,14 +167,15 @@ def make_accelerator(
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # accelerate reads it when building its state
         if not distributed:
             _single_process_group_env()  # DeepSpeed needs a process group, even of one
-        if on_cpu:
-            PartialState(backend="gloo", **timeout)
-        plugin = DeepSpeedPlugin(
-            hf_ds_config=_deepspeed_config(deepspeed, micro_batch, accumulation, max_grad_norm, bf16)
-        )
-        return Accelerator(
-            gradient_accumulation_steps=accumulation, deepspeed_plugin=plugin, kwargs_handlers=handlers
-        )
+        with prints_to_log("deepspeed.prints"):  # its comm op build, once per process
+            if on_cpu:
+                PartialState(backend="gloo", **timeout)
+            plugin = DeepSpeedPlugin(
+                hf_ds_config=_deepspeed_config(deepspeed, micro_batch, accumulation, max_grad_norm, bf16)
+            )
+            return Accelerator(
+                gradient_accumulation_steps=accumulation, deepspeed_plugin=plugin, kwargs_handlers=handlers
+            )
     if on_cpu and distributed:
         PartialState(backend="gloo", cpu=True, **timeout)  # without cpu=True every CPU rank trains alone
     return Accelerator(
@@ -244,7 +246,8 @@ class Engine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(self.cfg.lr_scheduler_type, warmup, num_training_steps)
         )
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        with prints_to_log("deepspeed.prints"):  # DeepSpeed's extension builds and loads, per process
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.accelerator.register_for_checkpointing(self.scheduler)
         return self.model
 
