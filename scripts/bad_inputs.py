@@ -11,7 +11,8 @@ Outcomes:
              (argparse's `open-instruct sft: error: ...` counts too), no traceback
   traceback  a Python traceback on stderr
   silent     exit 0 although the input is bad (the run went on as if nothing were wrong)
-  unclear    any other failure (another exit code, a last line that is not the error, a hang past --timeout)
+  hang       still running after --timeout (a dead wait, or a run that went on with the bad input)
+  unclear    any other failure (another exit code, a last line that is not the error)
 
 The fixtures (a tiny model, small data files, stage configs, broken files) are built once in a temp dir;
 cases that would train are bounded (max_train_steps 1) but every case here should fail before training.
@@ -371,7 +372,7 @@ def classify(rc: int | None, stderr: str) -> tuple[str, str]:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     last = lines[-1].strip() if lines else ""
     if rc is None:
-        return "unclear", f"(no exit after the time limit) {last}"
+        return "hang", f"(no exit after the time limit) {last}"
     if "Traceback (most recent call last)" in stderr:
         return "traceback", last
     if rc == 0:
@@ -452,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 {"case": c.name, "outcome": outcome, "exit": rc, "seconds": round(secs, 1), "line": line}
             )
         counts = {
-            k: sum(r["outcome"] == k for r in results) for k in ("clear", "traceback", "silent", "unclear")
+            k: sum(r["outcome"] == k for r in results)
+            for k in ("clear", "traceback", "silent", "hang", "unclear")
         }
         print("\n" + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"  (of {len(results)})")
         if args.json:
