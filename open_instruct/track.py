@@ -183,6 +183,9 @@ class Tracker:
             except Exception as e:
                 log.warning("wandb: could not finish the interrupted run %s: %s", run_id, e)
         settings = {}
+        # wandb advertises its Weave tracer on the console whenever a library it knows (openai: vLLM
+        # imports it) is loaded; not ours to show
+        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
         if "WANDB_SILENT" not in os.environ and "WANDB_QUIET" not in os.environ:
             settings["silent"] = True  # banners and summaries off; wandb's warnings still show
         try:

@@ -87,7 +87,10 @@ def _same_as_metrics_jsonl(history: list[dict], out: Path, keys: tuple[str, ...]
 # ---- Tracker --------------------------------------------------------------------------------------
 
 
-def test_tracker_logs_offline_without_credentials_and_a_resume_continues_the_run(tmp_path, capfd):
+def test_tracker_logs_offline_without_credentials_and_a_resume_continues_the_run(tmp_path, capfd, monkeypatch):
+    import openai  # noqa: F401  vLLM imports it in every RLVR run: wandb then advertises Weave on the console
+
+    monkeypatch.delenv("WANDB_DISABLE_WEAVE", raising=False)
     run_dir = tmp_path / "sft"
     tr = Tracker(run_dir, total_steps=6, wandb_project="proj", config={"learning_rate": 1e-3}, desc="sft")
     assert tr.wandb_mode == "offline"  # no key anywhere: offline, and nothing asked

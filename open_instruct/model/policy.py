@@ -88,18 +88,21 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
             module.p = 0.0
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
-    config = getattr(model, "config", None)
+    hf = getattr(model, "module", model)  # a DeepSpeed-wrapped reference: its HF model holds the config
+    config = getattr(hf, "config", None)
+    if config is not None and not hasattr(config, "__dict__"):
+        config = None
     # some models read the config's rate at forward time (Falcon, GPT-Neo), so it is zeroed too; the
     # user's values are kept and put back for every save (`configured_dropout`): a published model
     # carries the config it was given, only training ran without dropout
-    saved = dict(getattr(model, _DROPOUT_SAVED, None) or {})
+    saved = dict(getattr(hf, _DROPOUT_SAVED, None) or {})
     for key in list(vars(config)) if config is not None else []:
         value = getattr(config, key)
         if "dropout" in key and isinstance(value, float) and value != 0.0:
             saved[key] = value
             setattr(config, key, 0.0)
     if saved:
-        model.__dict__[_DROPOUT_SAVED] = saved  # a plain attribute: not a parameter, not in the config
+        hf.__dict__[_DROPOUT_SAVED] = saved  # a plain attribute: not a parameter, not in the config
     return model
 
 
