@@ -23,8 +23,8 @@ ACTOR_PREFIX = "(RolloutEngine pid="  # Ray streaming an actor's output to the d
 LIBRARY_NOISE = ("Loading weights", "Writing model shards", "real_accelerator")
 
 
-def cli(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def cli(args: list[str], cwd: Path, timeout: float, **env_extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **env_extra)
     for key in ("OPEN_INSTRUCT_VERBOSE", "OPEN_INSTRUCT_LOG_DIR", "OPEN_INSTRUCT_LOG_NAME"):
         env.pop(key, None)  # the test decides; a parent's choice would leak in
     env["OPEN_INSTRUCT_NO_PROGRESS"] = "0"  # the console as a user sees it: progress bars too
@@ -225,6 +225,11 @@ def test_sft_console_has_no_library_start_up_lines(tiny_model_dir, samples_dir, 
 # ---- a real vLLM engine in Ray: `open-instruct eval` -----------------------------------------------------
 
 
+# the engine in the actor's own process (no engine-core subprocess): it starts in ~3 s instead of ~20 s;
+# the actor inherits it from the local Ray the command starts
+FAST_ENGINE = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
 def _eval_args(model: Path, out: Path) -> list[str]:
     return ["eval", "--model", str(model), "--data", str(EVAL_MIX), "--limit", "4", "--max-tokens", "8"] + [
         "--output",
@@ -235,7 +240,7 @@ def _eval_args(model: Path, out: Path) -> list[str]:
 @pytest.mark.slow
 def test_eval_console_has_no_vllm_or_ray_start_up_lines(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
-    res = cli(_eval_args(tiny_model_dir, out), tmp_path, timeout=600)
+    res = cli(_eval_args(tiny_model_dir, out), tmp_path, timeout=600, **FAST_ENGINE)
     assert res.returncode == 0, console(res)[-3000:]
     text = console(res)
     assert not VLLM_LINE.search(text), VLLM_LINE.search(text).group(0)
@@ -254,7 +259,7 @@ def test_eval_console_has_no_vllm_or_ray_start_up_lines(tiny_model_dir, tmp_path
 @pytest.mark.slow
 def test_eval_verbose_brings_the_start_up_lines_back(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
-    res = cli(["-v", *_eval_args(tiny_model_dir, out)], tmp_path, timeout=600)
+    res = cli(["-v", *_eval_args(tiny_model_dir, out)], tmp_path, timeout=600, **FAST_ENGINE)
     assert res.returncode == 0, console(res)[-3000:]
     text = console(res)
     assert VLLM_LINE.search(text) and "Resolved architecture" in text

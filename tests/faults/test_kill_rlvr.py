@@ -1,5 +1,5 @@
 """SIGKILL the RLVR stage -- the learner process and with it its whole process tree: Ray's GCS and
-raylet, the Ray worker holding the vLLM engine -- at random steps, mid checkpoint write and mid
+raylet, the Ray worker holding the vLLM engine -- at a random step, mid checkpoint write and mid
 publish. Each rerun of the same command resumes from the last sealed checkpoint (policy, optimizer,
 scheduler, RNG, prompt cursor), no process outlives a kill, and the final weights match an
 uninterrupted run's within 1e-5 (the deterministic settings of the RLVR stage: fixed seed, no
@@ -27,7 +27,7 @@ def _config(tmp_path, model_dir, name):
         num_samples_per_prompt_rollout=4,
         per_device_train_batch_size=16,
         num_mini_batches=2,
-        max_train_steps=8,
+        max_train_steps=6,
         checkpointing_steps=2,
         keep_last_checkpoints=2,
         response_length=24,
@@ -53,7 +53,6 @@ def test_rlvr_survives_sigkill_of_its_process_tree(sft_model_dir, tmp_path):
     kills = [
         dict(at_step=rng.randint(1, 2), jitter_s=0.5),
         dict(during="checkpoints/.tmp-step_*"),  # mid checkpoint write
-        dict(at_step=rng.randint(5, 6), jitter_s=0.5),
         dict(during=".tmp-model"),  # while publishing the final model
     ]
     tried, survivors, alive = 0, [], []
