@@ -41,7 +41,13 @@ def _rows(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_grpo_raises_heldout_reward(sft_model_dir, tmp_path, ray_session):
+def test_grpo_raises_heldout_reward(sft_model_dir, tmp_path, ray_session, monkeypatch):
+    """...and logs every step to wandb (offline: no key here), as metrics.jsonl has it."""
+    from tests.test_wandb import offline_runs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    (tmp_path / "wandb_dir").mkdir()
     out = tmp_path / "grpo"
     # the tiny recipe's GRPO settings (recipes/tiny.yaml explains them), 40 steps
     run_rlvr(
@@ -61,6 +67,7 @@ def test_grpo_raises_heldout_reward(sft_model_dir, tmp_path, ray_session):
             eval_dataset_mix="data_mixes/tiny_rlvr_eval.yaml",
             eval_limit=200,
             eval_temperature=1.0,
+            wandb_project="test",
         )
     )
     evals = json.loads((out / "eval.json").read_text())
@@ -71,6 +78,15 @@ def test_grpo_raises_heldout_reward(sft_model_dir, tmp_path, ray_session):
         f"train reward per step {[round(x, 2) for x in train]}"
     )
     assert (out / "rlvr_curves.png").exists() and (out / "model_manifest.json").exists()
+    (run,) = offline_runs(tmp_path / "wandb_dir")
+    assert run["run"]["job_type"] == "rlvr-grpo"
+    assert len(run["history"]) == 41  # step 0 (the held-out eval before training) and 40 RL steps
+    rows = {r["step"]: r for r in _rows(out)}
+    assert [h["_step"] for h in run["history"]] == sorted(rows)
+    for h in run["history"]:
+        for key in ("eval/reward_mean", "reward_mean", "kl", "response_length", "policy_loss", "lr"):
+            if key in rows[h["_step"]]:
+                assert h[key] == pytest.approx(rows[h["_step"]][key], rel=1e-6), (h["_step"], key)
 
 
 # Exact resume of an interrupted RLVR run: tests/faults/test_kill_rlvr.py (SIGKILL at a step, mid checkpoint,
