@@ -89,7 +89,7 @@ def missing_columns(kind: str, columns) -> str | None:
     """Why a source with these columns cannot hold `kind` rows, or None. Preference rows may be
     `prompt` + bare responses and are checked row by row."""
     cols = set(columns)
-    have = ", ".join(columns)
+    have = column_names(columns)
     if kind == "preference":
         return None
     if kind == "sft":
@@ -178,8 +178,14 @@ def _require(row: dict, kind: str, where: str, columns=None) -> None:
             raise DataError(f"{where}: missing column '{col}' for {kind} data (row has: {_have(row)})")
 
 
+def column_names(names) -> str:
+    """Column names for a one-line message: odd names (newlines, blanks, non-strings) quoted."""
+    shown = [k if isinstance(k, str) and k.isprintable() and k.strip() == k and k else repr(k) for k in names]
+    return ", ".join(shown) or "nothing"
+
+
 def _have(row: dict) -> str:
-    return ", ".join(sorted(k for k, v in row.items() if v is not None)) or "nothing"
+    return column_names(sorted(str(k) for k, v in row.items() if v is not None))
 
 
 def _sft(row: dict, where: str) -> RowCheck:

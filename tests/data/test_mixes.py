@@ -218,6 +218,12 @@ BAD = [
     ),
     ("missing column", "sft", [sft(0), {"conversation": []}], r"line 2: missing column 'messages'"),
     (
+        "odd column names quoted",
+        "preference",
+        [{"\n": False, " ": 1}],
+        r"line 1: missing column 'chosen' for preference data \(row has: '\\n', ' '\)",
+    ),
+    (
         "no assistant turn",
         "sft",
         [{"messages": [{"role": "user", "content": "q"}]}],
