@@ -115,6 +115,15 @@ def sft_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def ppo_one_process(sft_model_dir, tmp_path_factory) -> Path:
+    """A small PPO run (value model, KL reference) trained uninterrupted in one process: what a killed
+    and rerun RLVR run must end with (tests/rl/ppo_run.py)."""
+    from tests.rl.ppo_run import run_one_process
+
+    return run_one_process(tmp_path_factory.mktemp("ppo_one"), sft_model_dir)
+
+
 # ---- Ray and vLLM: Ray and engines are slow to start (Ray ~3 s, a vLLM CPU engine ~2-20 s), so each
 # module starts Ray once (`ray_session`) and its engines once (module-scoped fixtures in the module).
 

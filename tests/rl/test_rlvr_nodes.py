@@ -29,6 +29,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.faults.killer import RUN_TAG, tagged_processes, wait_until_gone
+from tests.rl.ppo_run import ppo_config, ray_env
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +41,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _ray_env() -> dict:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",) and not k.startswith("ACCELERATE_")
-    }
-    env["RAY_AUTH_MODE"] = "disabled"  # a throwaway local cluster; Ray 2.60 asks for a token otherwise
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +59,7 @@ def ray_cluster():
         "--temp-dir",
         str(temp),
     ]
-    env = _ray_env()
+    env = ray_env()
     head = [RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--resources", '{"head_node": 1}']
     head += ["--include-dashboard", "false", "--ray-client-server-port", str(_free_port())]
     join = [
@@ -101,37 +94,8 @@ def ray_cluster():
             subprocess.run(["pkill", "-9", "-f", pattern], capture_output=True)
 
 
-def _config(tmp_path: Path, model_dir: Path, name: str, **kw) -> tuple[Path, Path]:
-    cfg = dict(
-        model_name_or_path=str(model_dir),
-        dataset_mix=str(REPO / "data_mixes/tiny_rlvr.yaml"),
-        output_dir=str(tmp_path / name),
-        algorithm="ppo",  # with a value model
-        beta=0.05,  # and a KL reference
-        num_unique_prompts_rollout=8,
-        num_samples_per_prompt_rollout=2,
-        per_device_train_batch_size=4,
-        num_epochs=2,
-        num_mini_batches=2,
-        max_train_steps=3,
-        checkpointing_steps=1,
-        keep_last_checkpoints=3,
-        response_length=16,
-        max_prompt_length=64,
-        learning_rate=1e-4,
-        seed=5,
-        preflight_prompts=4,
-        dist_timeout_s=60,
-        rollout={"multiprocess_engine": False, "kv_cache_gib": 0.25},
-    )
-    cfg.update(kw)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path, tmp_path / name
-
-
 def _env(tag: str, ray_address: str | None = None) -> dict:
-    env = _ray_env()
+    env = ray_env()
     env.update(OPEN_INSTRUCT_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **{RUN_TAG: tag})
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
@@ -171,28 +135,11 @@ def _max_diff(a_file: Path, b_file: Path) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.fixture(scope="module")
-def one_process(sft_model_dir, tmp_path_factory):
-    """The reference: the same PPO run as one plain process with a local Ray."""
-    tmp = tmp_path_factory.mktemp("one")
-    config, out = _config(tmp, sft_model_dir, "one")
-    res = subprocess.run(
-        [sys.executable, "-m", "open_instruct.cli", "rlvr", "--config", str(config)],
-        env=_env("one"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    return out
-
-
 def test_two_node_learner_survives_a_lost_node_and_trains_the_same_model_as_one_process(
-    one_process, sft_model_dir, ray_cluster, tmp_path
+    ppo_one_process, sft_model_dir, ray_cluster, tmp_path
 ):
     address, second_node = ray_cluster
-    config, out = _config(tmp_path, sft_model_dir, "two", deepspeed="zero3")
+    config, out = ppo_config(tmp_path, sft_model_dir, "two", deepspeed="zero3")
     cfg = yaml.safe_load(config.read_text())
     cfg["rollout"]["resources"] = {"rollout_node": 1}  # the engine on the second raylet
     config.write_text(yaml.safe_dump(cfg))
@@ -228,14 +175,16 @@ def test_two_node_learner_survives_a_lost_node_and_trains_the_same_model_as_one_
     log = (tmp_path / "node0.log").read_text()
     assert "resumed from" in log or "resuming at step" in log
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    ref = [json.loads(x) for x in (one_process / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (ppo_one_process / "metrics.jsonl").read_text().splitlines()]
     assert (
         [r["step"] for r in rows] == [r["step"] for r in ref] == [1, 2, 3]
     )  # process 0 alone logs, once a step
     assert rows[0]["reward_mean"] == ref[0]["reward_mean"]  # the same rollouts from the same weights
-    moved = _max_diff(sft_model_dir / "model.safetensors", one_process / "model.safetensors")
-    policy = _max_diff(one_process / "model.safetensors", out / "model.safetensors")
-    value = _max_diff(one_process / "value_model/model.safetensors", out / "value_model/model.safetensors")
+    moved = _max_diff(sft_model_dir / "model.safetensors", ppo_one_process / "model.safetensors")
+    policy = _max_diff(ppo_one_process / "model.safetensors", out / "model.safetensors")
+    value = _max_diff(
+        ppo_one_process / "value_model/model.safetensors", out / "value_model/model.safetensors"
+    )
     print(
         f"\n2 nodes (ZeRO-3), node 1 killed, rerun: policy max diff to 1 process {policy:g} (moved {moved:g}), value {value:g}"
     )
