@@ -270,6 +270,27 @@ def test_offline_hub_id_not_in_the_cache_is_one_line(files, capsys, tmp_path, mo
     source._hub_problem.cache_clear()
 
 
+def test_mistyped_relative_model_dir_is_not_taken_for_a_hub_id(
+    files, capsys, tmp_path, monkeypatch, tiny_model_dir
+):
+    """`runs/sfx` for `runs/sft` has a hub id's shape; the message says which local dir was meant."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    shutil.copytree(tiny_model_dir, tmp_path / "runs" / "sft")
+    monkeypatch.chdir(tmp_path)
+    source._hub_problem.cache_clear()
+    code, line = cli(["eval", "--model", "runs/sfx", "--data", str(files / "rlvr.jsonl")], capsys)
+    assert code == 2 and line.startswith(
+        "error: eval --model: no local dir runs/sfx (did you mean runs/sft?); as a hub id: runs/sfx is "
+    ), line
+    code, line = cli(["eval", "--model", "runs/zzz", "--data", str(files / "rlvr.jsonl")], capsys)
+    assert code == 2 and "no local dir runs/zzz (runs/ has no zzz); as a hub id:" in line, line
+    source._hub_problem.cache_clear()
+
+
 # ---------------------------------------------------------------- 2. an output dir that is a file
 
 

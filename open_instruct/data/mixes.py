@@ -160,7 +160,7 @@ def _spec_from_yaml(path: Path) -> MixSpec:
             p = Path(src.path)
             src.path = str(p if p.is_absolute() else path.parent / p)
     if spec.kind is not None:
-        check_kind(spec.kind)
+        check_kind(spec.kind, f"{path} kind: ")
     return spec
 
 

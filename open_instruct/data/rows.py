@@ -67,9 +67,9 @@ class RowCheck(NamedTuple):
     trimmed: str | None
 
 
-def check_kind(kind: str) -> str:
+def check_kind(kind: str, where: str = "") -> str:
     if kind not in KINDS:
-        raise DataError(f"data kind {kind!r} is not one of {', '.join(KINDS)}")
+        raise DataError(f"{where}data kind {kind!r} is not one of {', '.join(KINDS)}")
     return kind
 
 

@@ -56,7 +56,20 @@ def check_model_source(value: str, field: str, kind: str = "model") -> None:
         raise ConfigError(f"{field}: {value} is neither a local {kind} dir nor a hub id (org/name)")
     problem = _hub_problem(value, kind)
     if problem:
-        raise ConfigError(f"{field}: {problem}")
+        raise ConfigError(f"{field}: {_local_hint(p)}{problem}")
+
+
+def _local_hint(p: Path) -> str:
+    """When `org/name` fails as a hub id but `org/` is a local dir, it was most likely a mistyped path."""
+    parent = p.parent
+    if not parent.is_dir():
+        return ""
+    import difflib
+
+    names = sorted(c.name for c in parent.iterdir() if c.is_dir())
+    close = difflib.get_close_matches(p.name, names, n=1)
+    guess = f"did you mean {parent / close[0]}?" if close else f"{parent}/ has no {p.name}"
+    return f"no local dir {p} ({guess}); as a hub id: "
 
 
 @functools.lru_cache(maxsize=64)

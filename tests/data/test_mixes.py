@@ -287,6 +287,10 @@ def test_missing_file_names_the_source(tmp_path):
 
 def test_bad_mix_yaml_fields(tmp_path):
     _write_jsonl(tmp_path / "a.jsonl", [sft(0)])
+    with pytest.raises(
+        DataError, match=r"mix\.yaml kind: data kind 'images' is not one of sft, preference, rlvr"
+    ):
+        load_mix(_mix(tmp_path, [{"path": "a.jsonl"}], kind="images"))
     with pytest.raises(DataError, match=r"sources\[0\]: unknown key 'amout' \(did you mean 'amount'\?\)"):
         load_mix(_mix(tmp_path, [{"path": "a.jsonl", "amout": 2}]))
     with pytest.raises(DataError, match=r"sources\[0\]\.amount: 'all' is not a fraction"):
