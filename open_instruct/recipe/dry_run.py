@@ -181,8 +181,11 @@ def _format_stage(sp: StagePlan, base_arch, n_stages: int, gpu_gb: float | None 
         if zero
         else "no ZeRO (DDP replicas)"
     )
+    weights = f"{'bf16' if w == 2 else 'fp32'} weights"
+    if getattr(cfg, "use_lora", False):
+        weights = ("4-bit NF4 base" if cfg.load_in_4bit else weights) + " + LoRA adapter"
     L.append(
-        f"  memory ({arch.name}, {'bf16' if w == 2 else 'fp32'} weights, {zs}, gradient checkpointing "
+        f"  memory ({arch.name}, {weights}, {zs}, gradient checkpointing "
         f"{'on' if cfg.gradient_checkpointing else 'off'}):"
     )
     L += memory.format_memory(mem)

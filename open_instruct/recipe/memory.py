@@ -26,6 +26,16 @@ per sequence, L/h/kv/f/V = layers, hidden, key-value width (kv_heads x head_dim)
                 ZeRO-1/2: 3 * B * w          (two overlapping reduce buffers and the all-gather bucket)
                 B = 5e8 elements, the shipped zero2/zero3 configs' bucket sizes
 
+LoRA (`use_lora`): the base is frozen, so gradients and AdamW states exist for the adapter only,
+T = r * (in + out) summed over the targeted linear layers of every layer (all-linear: q, k, v, o,
+gate, up, down -> r * (9h + 2kv + 3f) per layer). Adapter bytes t: 4 without DeepSpeed (PEFT keeps
+adapters in fp32 under bf16 weights), w under it (DeepSpeed casts the module to bf16):
+    weights     P * w + T * t                (QLoRA: the linear layers' weights at 4.127 bits -- NF4 plus
+                                              double-quantised constants, the QLoRA paper's figure)
+    gradients   T * t;  optimizer  T * 2 * t (no DeepSpeed) or T * 12 / N
+    activations as full fine-tuning (the adapters need each targeted layer's input), plus with
+                lora_dropout > 0 the dropped-out input of every targeted layer: w * sum(in) per token.
+
 RLVR adds, on the learner: the frozen reference policy P * w when beta > 0, and for PPO the value
 model (its own weights, gradients, optimizer states and activations, head = h instead of V * h);
 and on each vLLM engine (own GPU(s), tensor parallel t): P * w / t weights plus a KV cache of
@@ -216,6 +226,43 @@ def zero_stage_of(deepspeed: str | None) -> tuple[int, bool]:
     return int(zo.get("stage", 0)), offload
 
 
+def linear_shapes(a: Arch) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer of one decoder layer, by the module names PEFT targets."""
+    h, kv, f = a.hidden, a.kv_dim, a.ffn
+    return {
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, f),
+        "up_proj": (h, f),
+        "down_proj": (f, h),
+    }
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """What a LoRA stage trains: `trainable` adapter parameters on `targets` (module names)."""
+
+    rank: int
+    targets: tuple[str, ...]
+    trainable: int
+    dropout_inputs: int  # per layer: input features of the targeted layers (their dropout copies)
+    unknown: tuple[str, ...] = ()  # targeted names this architecture model does not know (not counted)
+
+
+def lora_plan(a: Arch, rank: int, targets: str | list[str], dropout: float = 0.0) -> LoraPlan:
+    shapes = linear_shapes(a)
+    names = list(shapes) if targets == "all-linear" else list(targets)
+    known = tuple(n for n in names if n in shapes)
+    trainable = a.layers * rank * sum(sum(shapes[n]) for n in known)
+    inputs = sum(shapes[n][0] for n in known) if dropout > 0 else 0
+    return LoraPlan(rank, known, trainable, inputs, tuple(n for n in names if n not in shapes))
+
+
+NF4_BYTES = 4.127 / 8  # QLoRA: 4-bit NF4 weights + double-quantised block constants (0.127 bit/param)
+
+
 def activation_bytes_per_token_layer(a: Arch, w: int) -> int:
     return 8 * a.hidden + w * (6 * a.hidden + 3 * a.kv_dim + 4 * a.ffn)
 
@@ -232,17 +279,27 @@ def training_memory(
     w: int = 2,
     offload_optimizer: bool = False,
     logits: bool = True,
+    lora: LoraPlan | None = None,
+    base_4bit: bool = False,
 ) -> dict[str, float]:
-    """Bytes per process of one trained model (see the module docstring for every formula)."""
+    """Bytes per process of one trained model (see the module docstring for every formula); with
+    `lora` only the adapter trains, `base_4bit` is QLoRA's quantised base."""
     n = max(1, processes)
-    weights = params * w / (n if zero_stage >= 3 else 1)
-    grads = params * w / (n if zero_stage >= 2 else 1)
+    weights = float(params * w)
+    if base_4bit:
+        linear = a.layers * sum(i * o for i, o in linear_shapes(a).values())
+        weights -= linear * (w - NF4_BYTES)
+    # what trains, and in which dtype: every weight as loaded, or an adapter (PEFT upcasts it to fp32;
+    # DeepSpeed casts the whole module to the training dtype again)
+    trained, tw = (lora.trainable, 4 if zero_stage == 0 else w) if lora else (params, w)
+    weights = (weights + (trained * tw if lora else 0)) / (n if zero_stage >= 3 else 1)
+    grads = trained * tw / (n if zero_stage >= 2 else 1)
     if zero_stage == 0:
-        optim = params * 2 * w
+        optim = trained * 2 * tw
     else:
-        optim = 0.0 if offload_optimizer else params * 12 / n
+        optim = 0.0 if offload_optimizer else trained * 12 / n
     tokens = micro_batch * seq_len
-    per_layer = activation_bytes_per_token_layer(a, w)
+    per_layer = activation_bytes_per_token_layer(a, w) + (w * lora.dropout_inputs if lora else 0)
     if gradient_checkpointing:
         acts = a.layers * tokens * a.hidden * w + tokens * per_layer
     else:
@@ -293,6 +350,21 @@ def dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
 
 
+def _lora_of(cfg, arch: Arch, params: int, notes: list[str]) -> LoraPlan | None:
+    if not getattr(cfg, "use_lora", False):  # RLVR trains full weights (its config refuses use_lora)
+        return None
+    plan = lora_plan(arch, cfg.lora_rank, cfg.lora_targets, cfg.lora_dropout)
+    base = "a 4-bit NF4 base (QLoRA)" if cfg.load_in_4bit else "a frozen base"
+    notes.append(
+        f"LoRA rank {plan.rank} on {', '.join(plan.targets) or 'no known layer'}: {plan.trainable:,} "
+        f"trainable parameters ({plan.trainable / params:.2%}) over {base}; gradients and AdamW states "
+        f"for the adapter only"
+    )
+    if plan.unknown:
+        notes.append(f"LoRA targets not in this estimate (unknown layer names): {', '.join(plan.unknown)}")
+    return plan
+
+
 def estimate_memory(
     stage_type: str, cfg, arch: Arch, processes: int, value_arch: Arch | None = None
 ) -> MemoryPlan:
@@ -301,6 +373,8 @@ def estimate_memory(
     zero, offload = zero_stage_of(cfg.deepspeed)
     params = count_params(arch)
     notes = []
+    lora = _lora_of(cfg, arch, params, notes)
+    adapter = {"lora": lora, "base_4bit": bool(lora and cfg.load_in_4bit)}
     if stage_type == "sft":
         learner = training_memory(
             arch,
@@ -312,6 +386,7 @@ def estimate_memory(
             gradient_checkpointing=cfg.gradient_checkpointing,
             w=w,
             offload_optimizer=offload,
+            **adapter,
         )
         if zero:
             learner["ZeRO buffers"] = zero_buffers(arch, zero, w)
@@ -328,6 +403,7 @@ def estimate_memory(
             gradient_checkpointing=cfg.gradient_checkpointing,
             w=w,
             offload_optimizer=offload,
+            **adapter,
         )
         if cfg.loss_type != "simpo" and cfg.reference == "live":
             learner["reference"] = params * w / (processes if zero >= 3 else 1)

@@ -176,7 +176,9 @@ def run_recipe(
 
     disable_progress_bar()  # the stages show their own progress; per-dataset bars drown it in the log
     with tempfile.TemporaryDirectory(prefix="oi-validate-") as scratch:
-        load_plan(recipe, overrides, output, scratch=Path(scratch))  # everything checked, nothing written
+        checked = load_plan(recipe, overrides, output, scratch=Path(scratch))  # everything, nothing written
+    for sp in checked.stages:  # and that this machine can run every stage (the dry run plans for another)
+        sp.cfg.check_machine(f"{checked.where} {sp.where}")
     plan = load_plan(recipe, overrides, output)  # the same, with inline mixes written into <output>/mixes
     logs = use_log_dir(plan.output / "logs", "run" if node_rank() == 0 else f"run-node{node_rank()}")
     if logs is not None and not verbose():

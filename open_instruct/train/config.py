@@ -110,11 +110,13 @@ class TrainConfig:
         for key in ("lora_save_merged", "load_in_4bit"):
             if getattr(self, key) and not self.use_lora:
                 raise ConfigError(f"{where}.{key}: applies to LoRA training only; set use_lora: true")
-        if self.load_in_4bit:
-            if self.deepspeed:
-                raise ConfigError(
-                    f"{where}.load_in_4bit: QLoRA does not run under DeepSpeed; remove deepspeed"
-                )
+        if self.load_in_4bit and self.deepspeed:
+            raise ConfigError(f"{where}.load_in_4bit: QLoRA does not run under DeepSpeed; remove deepspeed")
+
+    def check_machine(self, where: str) -> None:
+        """What this machine must have to run the stage. Not part of `validate`: a dry run plans a
+        QLoRA stage on a laptop for the GPU it will run on; a run checks it before anything heavy."""
+        if self.use_lora and self.load_in_4bit:
             from ..model.lora import qlora_unavailable
 
             why = qlora_unavailable()

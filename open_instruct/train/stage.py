@@ -112,14 +112,15 @@ def collate(cfg: TrainConfig, tokenizer, examples: list[dict]) -> dict:
 
 
 def check_sources(cfg) -> None:
-    """Every model and tokenizer the stage will load is there (a local dir with config.json, or a hub id
-    the hub or the offline cache has), and RLVR's prompt + response fit its positions: one line naming
-    the key. Each stage runner calls it right after `already_done` (a finished stage needs no model,
+    """This machine can run the stage (QLoRA: CUDA + bitsandbytes), every model and tokenizer the stage
+    will load is there (a local dir with config.json, or a hub id the hub or the offline cache has), and
+    RLVR's prompt + response fit its positions: one line naming the key. Each stage runner calls it right after `already_done` (a finished stage needs no model,
     nor the network), before anything heavy. Not part of `validate`: in a recipe a stage's model is the
     previous stage's output, made later."""
     from ..model.source import check_model_source
 
     name = type(cfg).__name__.removesuffix("Config").lower()
+    cfg.check_machine(name)
     check_model_source(cfg.model_name_or_path, f"{name} model_name_or_path")
     tok_key = "tokenizer_name_or_path" if cfg.tokenizer_name_or_path else "model_name_or_path"
     check_model_source(getattr(cfg, tok_key), f"{name} {tok_key}", kind="tokenizer")

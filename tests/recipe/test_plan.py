@@ -119,6 +119,68 @@ def test_rlvr_estimate_adds_reference_value_model_and_engine():
     assert mem7.learner["value model"] < mem.learner["value model"] / 4
 
 
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"], ["down_proj", "k_proj"]])
+def test_lora_trainable_count_matches_peft(tiny_model, targets):
+    """The plan's adapter size is what PEFT really makes trainable on the same model."""
+    from open_instruct.model.lora import apply_lora
+    from open_instruct.model.policy import LoraSettings
+
+    arch = P.arch_from_hf_config(tiny_model.config.to_dict(), "tiny")
+    model = apply_lora(tiny_model, LoraSettings(rank=8, target_modules=targets))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert P.lora_plan(arch, 8, targets).trainable == trainable > 0
+
+
+def _sft_cfg(**keys):
+    from open_instruct.config import from_dict
+    from open_instruct.train.config import SFTConfig
+
+    base = {"model_name_or_path": "m", "dataset_mix": "d.yaml", "output_dir": "o", "max_seq_length": 2048}
+    return from_dict(SFTConfig, {**base, **keys}, "sft")
+
+
+def test_lora_8b_on_one_gpu_by_hand(monkeypatch):
+    """LoRA rank 16 on all linear layers of Llama 3.1 8B: r * (9h + 2kv + 3f) per layer = 16 x 81,920
+    x 32 layers = 41,943,040 trainable parameters; only they have gradients and AdamW states."""
+    arch, _ = P.KNOWN_ARCHS["Llama-3.1-8B"]
+    n, t = arch.published_params, 41_943_040
+    full = P.estimate_memory("sft", _sft_cfg(gradient_checkpointing=True), arch, processes=1)
+    lora = P.estimate_memory("sft", _sft_cfg(gradient_checkpointing=True, use_lora=True), arch, processes=1)
+    assert P.lora_plan(arch, 16, "all-linear").trainable == t
+    # no DeepSpeed: bf16 base + fp32 adapter; fp32 adapter gradients; AdamW m and v in fp32
+    assert lora.learner["weights"] == n * 2 + t * 4
+    assert lora.learner["gradients"] == t * 4
+    assert lora.learner["optimizer"] == t * 8
+    assert lora.learner["activations"] == full.learner["activations"]  # no dropout: nothing more kept
+    assert full.learner_total / GB > 60 and lora.learner_total / GB < 25
+    assert any("41,943,040 trainable parameters (0.52%)" in note for note in lora.notes)
+    # dropout keeps a copy of each targeted layer's input: q, k, v, o, gate, up (h each) + down (f)
+    drop = P.estimate_memory(
+        "sft", _sft_cfg(gradient_checkpointing=True, use_lora=True, lora_dropout=0.1), arch, processes=1
+    )
+    extra = drop.learner["activations"] - lora.learner["activations"]
+    assert extra == 2048 * 2 * (6 * 4096 + 14336)  # one layer recomputed at a time: its tokens only
+    # QLoRA: the linear layers' weights (6.98e9 of the 8.03e9) in 4.127 bits, the rest bf16
+    monkeypatch.setattr("open_instruct.model.lora.qlora_unavailable", lambda: None)
+    q = P.estimate_memory("sft", _sft_cfg(use_lora=True, load_in_4bit=True), arch, processes=1)
+    linear = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    assert q.learner["weights"] == pytest.approx((n - linear) * 2 + linear * 4.127 / 8 + t * 4)
+    assert 5.5 < q.learner["weights"] / GB < 6.0
+
+
+def test_lora_under_zero3_and_unknown_targets():
+    arch, _ = P.KNOWN_ARCHS["Llama-3.1-70B"]
+    n = arch.published_params
+    cfg = _sft_cfg(use_lora=True, lora_target_modules="q_proj,v_proj,qkv_proj", deepspeed="zero3")
+    mem = P.estimate_memory("sft", cfg, arch, processes=8)
+    t = 80 * 16 * ((8192 + 8192) + (8192 + 1024))
+    # DeepSpeed trains the adapter in bf16 with an fp32 master copy + m + v, all sharded over 8
+    assert mem.learner["weights"] == pytest.approx((n * 2 + t * 2) / 8)
+    assert mem.learner["gradients"] == pytest.approx(t * 2 / 8)
+    assert mem.learner["optimizer"] == pytest.approx(t * 12 / 8)
+    assert any("unknown layer names): qkv_proj" in note for note in mem.notes)
+
+
 def test_mix_amounts_local_and_hints(tmp_path):
     """The dry run plans rows per source: local files counted (every row read), hub sources from their
     `num_rows` hint, unknown without one (then the total is unknown too)."""

@@ -235,7 +235,7 @@ def _base_keys(model, out, **kw):
 
 
 def test_qlora_is_refused_on_cpu_with_what_to_install(tiny_model_dir, tmp_path):
-    """No CUDA here: `load_in_4bit` fails at validation, one line, before any model is loaded (exit 2)."""
+    """No CUDA here: `load_in_4bit` is refused in one line before any model is loaded (exit 2)."""
     assert not torch.cuda.is_available()
     res = subprocess.run(
         [
@@ -264,6 +264,44 @@ def test_qlora_is_refused_on_cpu_with_what_to_install(tiny_model_dir, tmp_path):
     assert line.startswith("error: sft.load_in_4bit: QLoRA needs a CUDA GPU and bitsandbytes")
     assert "no CUDA GPU" in line and "pip install bitsandbytes" in line
     assert not (tmp_path / "q").exists()
+
+
+def test_qlora_recipe_is_planned_here_but_refused_to_run(tmp_path):
+    """The dry run plans a QLoRA stage for the GPU it will run on (4-bit base, adapter-only states);
+    running it on this CPU machine is refused in one line before anything is written."""
+    from open_instruct.recipe.run import run_recipe
+
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "q",
+                "base_model": "meta-llama/Llama-3.1-8B",
+                "launch": {"gpu_memory_gb": 24},
+                "stages": [
+                    {
+                        "name": "sft",
+                        "type": "sft",
+                        "dataset_mix": str(SAMPLES / "sft_train.jsonl"),
+                        "chat_template": "tulu",
+                        "use_lora": True,
+                        "load_in_4bit": True,
+                        "gradient_checkpointing": True,
+                        "max_seq_length": 4096,
+                    }
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    text = run_recipe(recipe, output=str(out), dry_run=True)
+    assert "4-bit NF4 base + LoRA adapter" in text
+    assert "41,943,040 trainable parameters (0.52%)" in text
+    assert "per training process: 14 GB" in text and "WARNING" not in text  # fits a 24 GB GPU
+    with pytest.raises(ConfigError) as info:
+        run_recipe(recipe, output=str(out))
+    assert str(info.value).startswith(f"{recipe} stage sft.load_in_4bit: QLoRA needs a CUDA GPU")
+    assert not out.exists()
 
 
 def test_qlora_selects_a_4bit_nf4_base(tiny_model_dir, monkeypatch):
