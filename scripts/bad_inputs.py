@@ -70,6 +70,11 @@ def build_fixtures(f: Path) -> None:
 
     build_tiny(f / "model")
     shutil.copytree(f / "model", f / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(f / "model", f / "truncated")  # an interrupted copy: half of the weights file
+    weights = f / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    shutil.copytree(f / "model", f / "bad_config")
+    _write(f / "bad_config" / "config.json", '{"model_type": "llama", ')
     (f / "no_config").mkdir()
     _write(f / "no_config" / "README.md", "not a model\n")
     _write(f / "afile", "I am a file\n")
@@ -259,6 +264,9 @@ def cases(hub_port: int) -> list[Case]:
         Case("sft: model path that does not exist", stage("sft", "model_name_or_path={F}/nowhere/x/y")),
         Case("sft: model path is a file", stage("sft", "model_name_or_path={F}/afile")),
         Case("sft: model dir without weights", stage("sft", "model_name_or_path={F}/no_weights")),
+        Case("sft: truncated weights file", stage("sft", "model_name_or_path={F}/truncated")),
+        Case("dpo: config.json is broken JSON", stage("dpo", "model_name_or_path={F}/bad_config")),
+        Case("sft: QLoRA on a machine without CUDA", stage("sft", "use_lora=true", "load_in_4bit=true")),
         Case(
             "sft: hub id with no network",
             stage("sft", "model_name_or_path=census-org/census-model"),

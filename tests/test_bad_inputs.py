@@ -117,6 +117,46 @@ def test_a_model_dir_without_a_tokenizer_is_one_line(files, tiny_model_dir, tmp_
     assert "no tokenizer" in line
 
 
+def test_a_broken_model_dir_is_one_line_before_loading(files, tiny_model_dir, tmp_path, capsys):
+    """What an interrupted copy or download leaves: caught when the stage starts, not minutes into
+    loading, each named by its file."""
+    import shutil
+
+    def copy(name):
+        d = tmp_path / name
+        shutil.copytree(tiny_model_dir, d)
+        return d
+
+    truncated = copy("truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, line = cli(stage("sft", files, f"model_name_or_path={truncated}"), capsys)
+    assert code == 2 and line == (
+        f"error: sft model_name_or_path: {weights}: broken weights file (Error while deserializing header: "
+        f"incomplete metadata, file not fully covered); an unfinished save or copy?"
+    )
+
+    bad_config = copy("bad_config")
+    (bad_config / "config.json").write_text('{"model_type": "llama", ')
+    code, line = cli(stage("dpo", files, f"model_name_or_path={bad_config}"), capsys)
+    assert code == 2 and line.startswith(
+        f"error: dpo model_name_or_path: {bad_config / 'config.json'}: not valid JSON (Expecting"
+    )
+
+    sharded = copy("sharded")  # an index naming two shards, one of them missing
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    weight_map = {
+        "a.weight": "model-00001-of-00002.safetensors",
+        "b.weight": "model-00002-of-00002.safetensors",
+    }
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    code, line = cli(stage("rlvr", files, f"model_name_or_path={sharded}"), capsys)
+    assert code == 2 and line == (
+        f"error: rlvr model_name_or_path: {sharded}: model.safetensors.index.json names 2 weight files and "
+        f"1 are not there (model-00002-of-00002.safetensors, ...); an unfinished download or copy?"
+    )
+
+
 def test_a_model_dir_without_weights_is_one_line(files, tiny_model_dir, tmp_path, capsys):
     import shutil
 

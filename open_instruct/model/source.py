@@ -11,6 +11,7 @@ default); with `HF_HUB_OFFLINE=1` it costs none (the local hub cache is looked u
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -46,17 +47,52 @@ def check_model_source(value: str, field: str, kind: str = "model") -> None:
         if not any((p / name).is_file() for name in wanted):
             what = "not a Hugging Face model dir" if kind == "model" else "no tokenizer saved there"
             raise ConfigError(f"{field}: cannot read {value}: no {' or '.join(wanted)} in it ({what})")
-        if kind == "model" and not any(next(p.glob(pattern), None) for pattern in WEIGHT_FILES):
-            raise ConfigError(
-                f"{field}: cannot read {value}: a config but no weights in it (*.safetensors); "
-                f"an unfinished save or copy?"
-            )
+        if kind == "model":
+            if not any(next(p.glob(pattern), None) for pattern in WEIGHT_FILES):
+                raise ConfigError(
+                    f"{field}: cannot read {value}: a config but no weights in it (*.safetensors); "
+                    f"an unfinished save or copy?"
+                )
+            _check_local_model(p, field)
         return
     if not looks_like_hub_id(value):
         raise ConfigError(f"{field}: {value} is neither a local {kind} dir nor a hub id (org/name)")
     problem = _hub_problem(value, kind)
     if problem:
         raise ConfigError(f"{field}: {_local_hint(p)}{problem}")
+
+
+def _check_local_model(p: Path, field: str) -> None:
+    """The files a load would trip over minutes in, read now: config JSON, every shard a sharded index
+    names, and each safetensors header, which must cover its file (a truncated copy fails here)."""
+    from safetensors import safe_open
+
+    for name in ("config.json", "adapter_config.json", "model.safetensors.index.json"):
+        if (p / name).is_file():
+            try:
+                data = json.loads((p / name).read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ConfigError(f"{field}: {p / name}: not valid JSON ({_one_line(e, 100)})") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{field}: {p / name}: expected a JSON object")
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        shards = json.loads(index.read_text()).get("weight_map") or {}
+        names = sorted(set(shards.values()) if isinstance(shards, dict) else ())
+        missing = [n for n in names if not (p / n).is_file()]
+        if missing:
+            raise ConfigError(
+                f"{field}: {p}: {index.name} names {len(names)} weight files and {len(missing)} are not "
+                f"there ({missing[0]}, ...); an unfinished download or copy?"
+            )
+    for f in sorted(p.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - SafetensorError and OSError: the file is unusable either way
+            raise ConfigError(
+                f"{field}: {f}: broken weights file ({_one_line(e, 100)}); an unfinished save or copy?"
+            ) from None
 
 
 def _local_hint(p: Path) -> str:

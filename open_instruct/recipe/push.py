@@ -108,7 +108,7 @@ def stage_command(args) -> int:
         cfg = load_config(
             st.config_cls(), args.config, args.overrides or [], on_top=short_form(args), where=args.command
         )
-        cfg.check_machine(args.command)  # before its output dir is made
+        cfg.check_machine(str(args.config or args.command))  # named as load_config names it; before any write
         use_log_dir(Path(cfg.output_dir) / "logs")  # other libraries' logs (a recipe's run dir wins)
         if cfg.push_to_hub and not _has_token():
             log.warning(
