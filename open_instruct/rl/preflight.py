@@ -102,6 +102,52 @@ def likely_cause(report: PreflightReport, engine_dtype: Any = None, learner_dtyp
     )
 
 
+@dataclass
+class EngineSample:
+    """One batch the engines generated and scored: prompt + response token ids, the score-row index of
+    each row's first response token, and the engines' log-probs."""
+
+    sequences: list[list[int]]
+    starts: list[int]
+    logprobs: list[list[float]]
+    t0: float
+
+
+def engine_sample(
+    engine_group: Any, prompts: Sequence[Sequence[int]], sampling: dict | None = None
+) -> EngineSample:
+    """Generates one batch from `prompts` (token ids) with the engines and scores it with them."""
+    t0 = time.perf_counter()
+    sampling = dict(sampling or {"temperature": 1.0, "max_tokens": 32, "n": 1, "seed": 0})
+    gen = engine_group.generate(prompts, sampling)
+    sequences, starts = [], []
+    for prompt, samples in zip(prompts, gen.completions):
+        for c in samples:
+            sequences.append(list(prompt) + list(c.token_ids))
+            starts.append(len(prompt) - 1)  # score row index of the first response token
+    return EngineSample(sequences, starts, engine_group.score(sequences), t0)
+
+
+def judge(
+    sample: EngineSample,
+    learner_lp: Sequence[Sequence[float]],
+    *,
+    max_kl: float = 1e-2,
+    engine_dtype: Any = None,
+    learner_dtype: Any = None,
+) -> PreflightReport:
+    """The report of the engines' vs the learner's log-probs of `sample`; PreflightError above `max_kl`."""
+    kl, max_abs, mean_abs, count = compare_logprobs(sample.logprobs, learner_lp, sample.starts)
+    report = PreflightReport(kl, max_abs, mean_abs, count, time.perf_counter() - sample.t0)
+    if not kl <= max_kl:  # also catches NaN
+        raise PreflightError(
+            f"preflight: vLLM and the learner disagree before step 1: {report.line()} "
+            f"(max_kl {max_kl:g}); likely cause: "
+            f"{likely_cause(report, engine_dtype, learner_dtype)}"
+        )
+    return report
+
+
 def preflight_kl(
     engine_group: Any,
     learner_logprob_fn: LogprobFn,
@@ -115,27 +161,16 @@ def preflight_kl(
     """Generates one batch from `prompts` (token ids) with the engines, scores prompt+response
     with both sides and raises PreflightError when their mean per-token KL exceeds `max_kl`.
     Returns the report (log it) otherwise. `engine_dtype` defaults to the group's config."""
-    t0 = time.perf_counter()
-    sampling = dict(sampling or {"temperature": 1.0, "max_tokens": 32, "n": 1, "seed": 0})
-    gen = engine_group.generate(prompts, sampling)
-    sequences, starts = [], []
-    for prompt, samples in zip(prompts, gen.completions):
-        for c in samples:
-            sequences.append(list(prompt) + list(c.token_ids))
-            starts.append(len(prompt) - 1)  # score row index of the first response token
-    engine_lp = engine_group.score(sequences)
-    learner_lp = learner_logprob_fn(sequences)
-    kl, max_abs, mean_abs, count = compare_logprobs(engine_lp, learner_lp, starts)
-    report = PreflightReport(kl, max_abs, mean_abs, count, time.perf_counter() - t0)
+    sample = engine_sample(engine_group, prompts, sampling)
     if engine_dtype is None:
         engine_dtype = getattr(getattr(engine_group, "cfg", None), "dtype", None)
-    if not kl <= max_kl:  # also catches NaN
-        raise PreflightError(
-            f"preflight: vLLM and the learner disagree before step 1: {report.line()} "
-            f"(max_kl {max_kl:g}); likely cause: "
-            f"{likely_cause(report, engine_dtype, learner_dtype)}"
-        )
-    return report
+    return judge(
+        sample,
+        learner_logprob_fn(sample.sequences),
+        max_kl=max_kl,
+        engine_dtype=engine_dtype,
+        learner_dtype=learner_dtype,
+    )
 
 
 def hf_logprob_fn(model: Any, batch_size: int = 16, pad_id: int = 0) -> LogprobFn:

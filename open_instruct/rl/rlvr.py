@@ -291,23 +291,32 @@ def evaluate(cfg: RLVRConfig, group, tokenizer, rewards, eval_data) -> dict:
 
 
 def preflight(cfg: RLVRConfig, learner: Learner, group, rows: list[dict]) -> None:
-    """Process 0: the engines and the learner must agree on log-probs before training starts."""
-    from .preflight import hf_logprob_fn, preflight_kl
+    """The engines and the learner must agree on log-probs before training starts. Process 0 samples
+    and judges. Under ZeRO-3 over several processes every learner forward needs all of them (each holds
+    a shard of every layer), so every process must call it: process 0's sample is broadcast and every
+    process scores all of it."""
+    from .preflight import engine_sample, hf_logprob_fn, judge
 
-    if learner.world_size > 1 and learner.engine.zero3:
-        # a forward on one process would wait forever for the other processes' shards
-        log.warning("rlvr preflight skipped: the learner is sharded (ZeRO-3) over several processes")
+    everyone = learner.world_size > 1 and learner.engine.zero3
+    if not (learner.is_main or everyone):
         return
+    sample = None
+    if learner.is_main:
+        sampling = {"temperature": 1.0, "max_tokens": min(32, cfg.response_length), "n": 1, "seed": cfg.seed}
+        sample = engine_sample(group, [r["prompt_input_ids"] for r in rows], sampling)
+    if everyone:
+        sample = learner.share(sample)
     policy = learner.model().policy
-    report = preflight_kl(
-        group,
-        hf_logprob_fn(policy, pad_id=learner.tokenizer.pad_token_id),
-        [r["prompt_input_ids"] for r in rows],
-        sampling={"temperature": 1.0, "max_tokens": min(32, cfg.response_length), "n": 1, "seed": cfg.seed},
-        max_kl=cfg.preflight_max_kl,
-        learner_dtype=str(next(policy.parameters()).dtype),
-    )
-    log.info("rlvr preflight: %s", report.line())
+    learner_lp = hf_logprob_fn(policy, pad_id=learner.tokenizer.pad_token_id)(sample.sequences)
+    if learner.is_main:
+        report = judge(
+            sample,
+            learner_lp,
+            max_kl=cfg.preflight_max_kl,
+            engine_dtype=group.cfg.dtype,
+            learner_dtype=str(next(policy.parameters()).dtype),
+        )
+        log.info("rlvr preflight: %s", report.line())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -366,13 +375,9 @@ def run_rlvr(cfg: RLVRConfig) -> Path:
                 )
             if loop.start:
                 learner.sync(group)  # the resumed weights differ from the checkpoint the engines loaded
-            if main:
-                preflight(
-                    cfg,
-                    learner,
-                    group,
-                    take(data.dataset, range(min(cfg.preflight_prompts, len(data.dataset)))),
-                )
+            preflight(
+                cfg, learner, group, take(data.dataset, range(min(cfg.preflight_prompts, len(data.dataset))))
+            )
             if main and eval_data is not None and loop.start == 0:
                 evals["before"] = evaluate(cfg, group, tokenizer, rewards, eval_data)
                 loop.tracker.log(0, evals["before"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -164,6 +165,9 @@ def test_two_node_learner_survives_a_lost_node_and_trains_the_same_model_as_one_
     log0 = (tmp_path / "node0.log").read_text()
     # rank 0 (node 0) drove the engine, which ran on the second raylet
     assert f"(Ray node {second_node[:8]})" in log0, log0[-2000:]
+    # the learner (sharded over both nodes) and the engine agreed before step 1
+    kl = re.search(r"rlvr preflight: mean per-token KL (\S+), max \|logprob diff\| (\S+)", log0)
+    assert kl and float(kl.group(1)) < 1e-6, log0[-2000:]
     assert codes[0] != 0 and codes[1] != 0, codes
     assert not (out / "model_manifest.json").exists(), "the run finished before the kill; nothing was tested"
     left = wait_until_gone(tag, timeout_s=60)
