@@ -36,7 +36,8 @@ adapters in fp32 under bf16 weights), w under it (DeepSpeed casts the module to 
     activations as full fine-tuning (the adapters need each targeted layer's input), plus with
                 lora_dropout > 0 the dropped-out input of every targeted layer: w * sum(in) per token.
 
-RLVR adds, on the learner: the frozen reference policy P * w when beta > 0, and for PPO the value
+RLVR adds, on the learner: the frozen reference policy P * w when beta > 0 (/ N under any ZeRO stage:
+it runs as a ZeRO-3 inference engine), and for PPO the value
 model (its own weights, gradients, optimizer states and activations, head = h instead of V * h);
 and on each vLLM engine (own GPU(s), tensor parallel t): P * w / t weights plus a KV cache of
 2 * L * ceil(kv_heads / t) * head_dim * w bytes per token per GPU (KV heads are split over the GPUs,
@@ -425,8 +426,8 @@ def estimate_memory(
         w=w,
         offload_optimizer=offload,
     )
-    if cfg.beta > 0:
-        learner["reference"] = float(params * w) / (processes if zero >= 3 else 1)
+    if cfg.beta > 0:  # sharded under any ZeRO stage (a ZeRO-3 inference engine)
+        learner["reference"] = float(params * w) / (processes if zero >= 1 else 1)
     if cfg.algorithm == "ppo":
         va = value_arch or arch
         v = training_memory(

@@ -36,8 +36,13 @@ class Learner:
         self.engine = Engine(cfg.engine_config(world), self.out, reduction="sum")
         self.policy = stage.load_policy(cfg, tokenizer)
         disable_dropout(self.policy.model)
-        # the reference is taken before the engine wraps (and under ZeRO-3 shards) the policy
-        self.ref = stage.load_reference(cfg, tokenizer, self.engine, self.policy) if cfg.beta > 0 else None
+        # the reference is taken before the engine wraps (and under ZeRO-3 shards) the policy; under any
+        # ZeRO stage it is sharded over the processes (every process runs as many reference forwards)
+        self.ref = (
+            stage.load_reference(cfg, tokenizer, self.engine, self.policy, shard=True)
+            if cfg.beta > 0
+            else None
+        )
         if self.ref is not None:  # under ZeRO-3 it is loaded on its own, not copied from the policy above
             disable_dropout(self.ref)
         value = None

@@ -260,13 +260,17 @@ class Engine:
         zo = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
         return int(zo.get("stage", 0)) == 3
 
-    def prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+    def prepare_frozen(self, model: torch.nn.Module, shard: bool = False) -> torch.nn.Module:
         """A model that is only run forward (a reference). Under ZeRO-3 it was loaded sharded, so it
         gets its own optimizer-less DeepSpeed engine, whose hooks gather each layer in forward; every
-        process must then run its forwards the same number of times. Elsewhere: moved to the device."""
+        process must then run its forwards the same number of times. `shard`: the same under ZeRO-1/2
+        over several processes (a ZeRO-3 inference engine: each process keeps 1/N of the weights instead
+        of a whole replica), for callers whose forwards are already equal per process. Elsewhere: moved
+        to the device."""
         model.eval()
         model.requires_grad_(False)
-        if not self.zero3:
+        deepspeed_ = self.accelerator.distributed_type.name == "DEEPSPEED"
+        if not (self.zero3 or (shard and deepspeed_ and self.world_size > 1)):
             return model.to(self.device)
         import copy
 
@@ -275,8 +279,21 @@ class Engine:
         ds = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
         for key in ("optimizer", "scheduler"):
             ds.pop(key, None)
+        zo = ds.setdefault("zero_optimization", {})
+        zo["stage"] = 3
+        for key in ("offload_optimizer", "offload_param"):  # an inference engine has no optimizer to offload
+            if key in zo and not self.zero3:
+                zo.pop(key)
         wrapped, *_ = deepspeed.initialize(model=model, config=ds)
         wrapped.eval()
+        params = list(wrapped.module.parameters())
+        here = sum(p.ds_tensor.numel() for p in params)
+        log.info(
+            "frozen model sharded over %d process(es) (a ZeRO-3 inference engine): %s of its %s parameters here",
+            self.world_size,
+            f"{here:,}",
+            f"{sum(p.ds_numel for p in params):,}",
+        )
         return wrapped
 
     # ---- one optimizer step ------------------------------------------------------------------

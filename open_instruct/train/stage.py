@@ -88,19 +88,25 @@ def load_policy(
 
 
 def load_reference(
-    cfg: TrainConfig, tokenizer, engine: Engine, policy: Policy | None = None, name_or_path=None
+    cfg: TrainConfig,
+    tokenizer,
+    engine: Engine,
+    policy: Policy | None = None,
+    name_or_path=None,
+    shard: bool = False,
 ):
     """The frozen reference model of DPO (`reference: live`, or a separate reference for the cached pass)
     and RLVR (the KL term), ready for no-grad forwards on this engine. It is the starting policy (a copy
     of `policy`, taken before the engine wraps it) or the checkpoint `name_or_path`. Under ZeRO-3 the
     policy was loaded as shards and a copy of shards is no model: the reference is loaded again (sharded
-    too) and run by its own optimizer-less DeepSpeed engine."""
+    too) and run by its own optimizer-less DeepSpeed engine; `shard` does that under ZeRO-1/2 too
+    (Engine.prepare_frozen)."""
     name = name_or_path or cfg.model_name_or_path
     if policy is not None and name == cfg.model_name_or_path and not engine.zero3:
         model = policy.frozen_copy().model
     else:
         model = load_policy(cfg, tokenizer, trainable=False, name_or_path=name).model
-    return engine.prepare_frozen(model)
+    return engine.prepare_frozen(model, shard=shard)
 
 
 def collate(cfg: TrainConfig, tokenizer, examples: list[dict]) -> dict:

@@ -117,6 +117,10 @@ def test_rlvr_estimate_adds_reference_value_model_and_engine():
     states = mem7.learner["weights"] + mem7.learner["gradients"] + mem7.learner["optimizer"]
     assert states == pytest.approx(n * 16 / 7)
     assert mem7.learner["value model"] < mem.learner["value model"] / 4
+    # ZeRO-2: weights replicated, but the reference runs as a ZeRO-3 inference engine: sharded too
+    cfg.deepspeed = "zero2"
+    mem7 = P.estimate_memory("rlvr", cfg, arch, processes=7)
+    assert mem7.learner["weights"] == n * 2 and mem7.learner["reference"] == n * 2 / 7
 
 
 @pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"], ["down_proj", "k_proj"]])
