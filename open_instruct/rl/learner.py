@@ -152,12 +152,13 @@ class Learner:
             self.policy.model = model.policy
             policy_sd = _submodule(full, "policy") if full is not None else None
 
+            value_sd = _submodule(full, "value") if full is not None and model.value is not None else None
+
             def save(tmp: Path) -> None:
                 self.policy.save(tmp, state_dict=policy_sd)
+                if model.value is not None:  # in the same atomic publish, covered by the manifest
+                    save_value_model(model.value, self.tokenizer, tmp / "value_model", state_dict=value_sd)
 
-            if model.value is not None:
-                value_sd = _submodule(full, "value") if full is not None else None
-                save_value_model(model.value, self.tokenizer, self.out / "value_model", state_dict=value_sd)
             digest = stage.publish(self.out, save, "rlvr", summary)
         self.engine.accelerator.wait_for_everyone()
         return digest

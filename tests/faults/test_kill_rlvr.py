@@ -1,12 +1,14 @@
 """SIGKILL the RLVR stage -- the learner process and with it its whole process tree: Ray's GCS and
-raylet, the Ray worker holding the vLLM engine -- at a random step and mid publish (a kill mid
-checkpoint write: tests/faults/test_kill_resume.py, the same checkpoint code). Each rerun of the same
+raylet, the Ray worker holding the vLLM engine -- at a random step and mid publish of the policy and
+value model (a kill mid checkpoint write: tests/faults/test_kill_resume.py, the same checkpoint code).
+Each rerun of the same
 command resumes from the last sealed checkpoint (policy, value model, both optimizers, scheduler, RNG,
 prompt cursor), no process outlives a kill, and the final policy and value model match an uninterrupted
 run's within 1e-5 (the deterministic settings of the RLVR stage: fixed seed, no overlap, fp32 on CPU).
 The run is PPO with a value model and a KL reference (tests/rl/ppo_run.py), so every piece of RL state
 is in the checkpoint the rerun resumes from."""
 
+import json
 import random
 import uuid
 
@@ -50,6 +52,8 @@ def test_rlvr_survives_sigkill_of_its_process_tree(ppo_one_process, sft_model_di
     assert max(len(a) for a in alive) >= 4, f"expected a process tree at the kill, saw {alive}"
     assert not survivors, "processes outlived the SIGKILL of their run:\n" + "\n".join(survivors)
 
+    # the value model was published with the policy: in the manifest that a kill mid-publish left intact
+    assert "value_model/model.safetensors" in json.loads((out / "model_manifest.json").read_text())["files"]
     ref = ppo_one_process
     policy = _max_diff(ref / "model.safetensors", out / "model.safetensors")
     value = _max_diff(ref / "value_model/model.safetensors", out / "value_model/model.safetensors")
