@@ -58,9 +58,8 @@ def test_stage_survives_sigkill_anywhere(tiny_model_dir, tmp_path, stage):
     rng = random.Random(1234)
     kills = [
         dict(during="checkpoints/.tmp-step_*"),  # mid checkpoint write
-        dict(at_step=rng.randint(3, 6), jitter_s=0.3),
-        dict(during="checkpoints/.tmp-step_*"),
-        dict(at_step=rng.randint(8, 11), jitter_s=0.3),
+        dict(at_step=rng.randint(5, 7), jitter_s=0.3),
+        dict(at_step=rng.randint(9, 11), jitter_s=0.3),
         dict(during=".tmp-model"),  # while publishing the final model
     ]
     tried = 0
@@ -74,5 +73,5 @@ def test_stage_survives_sigkill_anywhere(tiny_model_dir, tmp_path, stage):
     a, b = load_file(ref_out / "model.safetensors"), load_file(out / "model.safetensors")
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     print(f"\n{stage} fault injection: {tried} kill points hit, max weight difference {worst:g}")
-    assert tried >= 4, f"only {tried} of {len(kills)} kills happened before the run ended"
+    assert tried >= 3, f"only {tried} of {len(kills)} kills happened before the run ended"
     assert worst <= 1e-6, f"after {tried} kills the final weights differ from uninterrupted by {worst:g}"
