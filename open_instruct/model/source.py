@@ -67,17 +67,18 @@ def _check_local_model(p: Path, field: str) -> None:
     names, and each safetensors header, which must cover its file (a truncated copy fails here)."""
     from safetensors import safe_open
 
+    parsed = {}
     for name in ("config.json", "adapter_config.json", "model.safetensors.index.json"):
         if (p / name).is_file():
             try:
-                data = json.loads((p / name).read_text())
+                parsed[name] = json.loads((p / name).read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ConfigError(f"{field}: {p / name}: not valid JSON ({_one_line(e, 100)})") from None
-            if not isinstance(data, dict):
+            if not isinstance(parsed[name], dict):
                 raise ConfigError(f"{field}: {p / name}: expected a JSON object")
     index = p / "model.safetensors.index.json"
-    if index.is_file():
-        shards = json.loads(index.read_text()).get("weight_map") or {}
+    if index.name in parsed:
+        shards = parsed[index.name].get("weight_map") or {}
         names = sorted(set(shards.values()) if isinstance(shards, dict) else ())
         missing = [n for n in names if not (p / n).is_file()]
         if missing:
